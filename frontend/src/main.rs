@@ -1,0 +1,4 @@
+fn main() -> std::process::ExitCode {
+    eprintln!("{}", xenvt_agent::NOT_YET);
+    std::process::ExitCode::FAILURE
+}

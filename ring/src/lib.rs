@@ -1,0 +1,16 @@
+//! `xenvt-ring`: a shared-memory byte channel between two Xen domains.
+//!
+//! The control page is byte-compatible with libxenvchan, so a libxenvchan peer can
+//! map our rings and we can map theirs. Everything the peer can write is treated as
+//! hostile: indices are read once, validated, then used; a violation is a typed
+//! error that closes the channel.
+//!
+//! Platform code (real Xen devices, the simulated host, an in-process heap) sits
+//! behind the traits in [`platform`]; the ring logic never names a platform.
+
+pub mod error;
+pub mod platform;
+pub mod xenstore;
+
+pub use error::{Error, Result};
+pub use platform::{DomId, EventChannel, GrantRef, Pages, Platform};

@@ -1,0 +1,1 @@
+//! In-process platform for unit, property and fuzz tests. (Filled in by the ring work.)

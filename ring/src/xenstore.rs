@@ -1,0 +1,219 @@
+//! The xenstore seam.
+//!
+//! Real Xen and the simulated host both speak the xenstore wire protocol, so both
+//! use [`XsClient`] (the `xenstore-rs` crate, which honours `XENSTORED_PATH` and
+//! falls back to `/dev/xen/xenbus`). [`MemStore`] is an in-process store for unit
+//! tests of code that publishes or watches nodes.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use xenstore_rs::{AsyncWatch, AsyncXs};
+
+use crate::{Error, Result};
+
+/// A stream of watch events: each item is the path that fired. The first event
+/// fires at registration, as xenstored does.
+pub type WatchStream = Pin<Box<dyn Stream<Item = String> + Send>>;
+
+/// The xenstore operations the daemons need.
+pub trait Xenstore: Send + Sync + 'static {
+    /// Reads a node; `Ok(None)` when it does not exist.
+    fn read(&self, path: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Writes a node, creating its parents.
+    fn write(&self, path: &str, value: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Removes a node and its children; removing a missing node is not an error.
+    fn rm(&self, path: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Lists a node's children; empty when it does not exist.
+    fn directory(&self, path: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Watches a node and everything below it (or a special `@...` path).
+    fn watch(&self, path: &str) -> impl Future<Output = Result<WatchStream>> + Send;
+}
+
+fn xs_err(op: &'static str, path: &str, source: io::Error) -> Error {
+    Error::Xenstore {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A xenstore client over the xenstored socket (`XENSTORED_PATH`) or `/dev/xen/xenbus`.
+#[derive(Clone, Debug)]
+pub struct XsClient {
+    inner: xenstore_rs::tokio::XsTokio,
+}
+
+impl XsClient {
+    /// Connects the way libxenstore does: the socket first, then the device.
+    pub async fn connect() -> Result<Self> {
+        let inner = xenstore_rs::tokio::XsTokio::new()
+            .await
+            .map_err(|e| xs_err("connect", "", e))?;
+        Ok(Self { inner })
+    }
+}
+
+impl Xenstore for XsClient {
+    async fn read(&self, path: &str) -> Result<Option<String>> {
+        match self.inner.read(path).await {
+            Ok(v) => Ok(Some(v.into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(xs_err("read", path, e)),
+        }
+    }
+
+    async fn write(&self, path: &str, value: &str) -> Result<()> {
+        self.inner
+            .write(path, value)
+            .await
+            .map_err(|e| xs_err("write", path, e))
+    }
+
+    async fn rm(&self, path: &str) -> Result<()> {
+        match self.inner.rm(path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(xs_err("rm", path, e)),
+        }
+    }
+
+    async fn directory(&self, path: &str) -> Result<Vec<String>> {
+        match self.inner.directory(path).await {
+            Ok(v) => Ok(v.into_iter().map(String::from).collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(xs_err("directory", path, e)),
+        }
+    }
+
+    async fn watch(&self, path: &str) -> Result<WatchStream> {
+        let w = self
+            .inner
+            .watch(path)
+            .await
+            .map_err(|e| xs_err("watch", path, e))?;
+        Ok(Box::pin(w.map(String::from)))
+    }
+}
+
+/// An in-process store for tests: absolute paths only, watches fire on any change
+/// at or below the watched path. Not a xenstored model (no permissions, no
+/// transactions): the simulated host has the real one.
+#[derive(Clone, Default)]
+pub struct MemStore {
+    inner: Arc<Mutex<MemInner>>,
+}
+
+#[derive(Default)]
+struct MemInner {
+    nodes: BTreeMap<String, String>,
+    watches: Vec<(String, mpsc::UnboundedSender<String>)>,
+}
+
+fn under(path: &str, watched: &str) -> bool {
+    path == watched
+        || (path.starts_with(watched) && path.as_bytes().get(watched.len()) == Some(&b'/'))
+}
+
+impl MemInner {
+    /// Fires the watches at or above `path`; with `removed`, also those below it
+    /// (with their own path, as xenstored reports a watched child of a removed node).
+    fn fire(&mut self, path: &str, removed: bool) {
+        self.watches.retain(|(w, tx)| {
+            if under(path, w) {
+                tx.send(path.to_owned()).is_ok()
+            } else if removed && under(w, path) {
+                tx.send(w.clone()).is_ok()
+            } else {
+                true
+            }
+        });
+    }
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Xenstore for MemStore {
+    async fn read(&self, path: &str) -> Result<Option<String>> {
+        Ok(self.lock().nodes.get(path).cloned())
+    }
+
+    async fn write(&self, path: &str, value: &str) -> Result<()> {
+        let mut g = self.lock();
+        g.nodes.insert(path.to_owned(), value.to_owned());
+        g.fire(path, false);
+        Ok(())
+    }
+
+    async fn rm(&self, path: &str) -> Result<()> {
+        let mut g = self.lock();
+        let doomed: Vec<String> = g.nodes.keys().filter(|k| under(k, path)).cloned().collect();
+        for k in &doomed {
+            g.nodes.remove(k);
+        }
+        g.fire(path, true);
+        Ok(())
+    }
+
+    async fn directory(&self, path: &str) -> Result<Vec<String>> {
+        let g = self.lock();
+        let prefix = format!("{}/", path.trim_end_matches('/'));
+        let mut out: Vec<String> = g
+            .nodes
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .map(|rest| rest.split('/').next().unwrap_or(rest).to_owned())
+            .collect();
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn watch(&self, path: &str) -> Result<WatchStream> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Like xenstored, a new watch fires once straight away.
+        let _ = tx.send(path.to_owned());
+        self.lock().watches.push((path.to_owned(), tx));
+        Ok(Box::pin(stream_from(rx)))
+    }
+}
+
+fn stream_from(mut rx: mpsc::UnboundedReceiver<String>) -> impl Stream<Item = String> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memstore_read_write_watch() {
+        let s = MemStore::new();
+        let mut w = s.watch("/local/domain/1/data").await.unwrap();
+        assert_eq!(w.next().await.as_deref(), Some("/local/domain/1/data"));
+        s.write("/local/domain/1/data/x", "1").await.unwrap();
+        s.write("/local/domain/2/data/x", "1").await.unwrap();
+        assert_eq!(w.next().await.as_deref(), Some("/local/domain/1/data/x"));
+        assert_eq!(
+            s.read("/local/domain/1/data/x").await.unwrap().as_deref(),
+            Some("1")
+        );
+        assert_eq!(s.directory("/local/domain").await.unwrap(), vec!["1", "2"]);
+        s.rm("/local/domain/1").await.unwrap();
+        assert_eq!(s.read("/local/domain/1/data/x").await.unwrap(), None);
+        assert_eq!(w.next().await.as_deref(), Some("/local/domain/1/data"));
+    }
+}

@@ -1,0 +1,3 @@
+//! The `xenvt` command's logic: the simulated Xen host, benchmarks and lab tools.
+
+pub mod sim;

@@ -1,0 +1,1 @@
+//! `xenvt sim`: the simulated Xen host.
