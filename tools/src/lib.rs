@@ -1,3 +1,8 @@
-//! The `xenvt` command's logic: the simulated Xen host, benchmarks and lab tools.
+//! The `xenvt` command's logic: the simulated Xen host, the smoke run, benchmarks.
 
+pub mod bench;
+pub mod chan;
+pub mod harness;
+pub mod pattern;
 pub mod sim;
+pub mod smoke;

@@ -1,1 +1,179 @@
-fn main() {}
+//! `xenvt`: the simulated Xen host, the smoke run and the benchmarks.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use xenvt::sim::control::{DomainRef, Reply, Request};
+
+#[derive(Parser)]
+#[command(name = "xenvt", version, about = "xenvt: Xen guest consoles and desktops over shared memory")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The simulated Xen host.
+    Sim {
+        /// Host directory (default: $XENVT_SIM_DIR, /run/xenvt-sim for root, else per user).
+        #[arg(long, global = true)]
+        dir: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: SimCmd,
+    },
+    /// One end of a checked channel transfer (run inside a domain).
+    Chan(xenvt::chan::ChanArgs),
+    /// Starts a private simulated host and moves checked data both ways between a
+    /// guest process and a dom0 process.
+    Smoke(xenvt::smoke::SmokeArgs),
+    /// Benchmarks; each prints `ratio NAME VALUE` lines.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SimCmd {
+    /// Runs the host in the foreground until SIGINT/SIGTERM.
+    Run {
+        /// Pages each domain may grant at once (Linux gntalloc's default is 1024).
+        #[arg(long, default_value_t = 1024)]
+        grant_limit: usize,
+    },
+    /// Creates a domain and prints its id.
+    Create { name: String },
+    /// Destroys a domain (by name or id): kills its processes, invalidates its
+    /// grants and fires @releaseDomain.
+    Destroy {
+        domain: DomainRef,
+        /// Leave the domain's processes running.
+        #[arg(long)]
+        keep_processes: bool,
+    },
+    /// Lists the domains.
+    List,
+    /// Prints the host's counters (grants, mappings, ports, xenstore nodes) as JSON.
+    Stats,
+    /// Runs a command inside a domain.
+    Exec {
+        domain: DomainRef,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// Prints the environment that puts a shell inside a domain.
+    Env { domain: DomainRef },
+    /// Stops the host.
+    Shutdown,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// The channel between two processes against memcpy and a unix socket pair.
+    Ring(xenvt::bench::ring::RingArgs),
+    /// A process end of a benchmark (internal).
+    #[command(hide = true)]
+    Peer(xenvt::bench::peer::PeerArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("XENVT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xenvt: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xenvt: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Sim { dir, cmd } => sim(dir.unwrap_or_else(xenvt::sim::default_dir), cmd).await,
+        Cmd::Chan(a) => xenvt::chan::run(a).await,
+        Cmd::Smoke(a) => xenvt::smoke::run(a).await,
+        Cmd::Bench { cmd } => match cmd {
+            BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
+            BenchCmd::Peer(a) => xenvt::bench::peer::run(a).await,
+        },
+    }
+}
+
+async fn sim(dir: PathBuf, cmd: SimCmd) -> anyhow::Result<()> {
+    use xenvt::sim::control::Client;
+    let call = |req: Request| {
+        let dir = dir.clone();
+        async move { Client::connect(&dir).await?.call(&req).await }
+    };
+    match cmd {
+        SimCmd::Run { grant_limit } => {
+            let cfg = xenvt::sim::host::HostConfig {
+                dir: dir.clone(),
+                grant_limit_pages: grant_limit,
+            };
+            xenvt::sim::host::run(cfg, |d| println!("ready {}", d.display())).await?;
+        }
+        SimCmd::Create { name } => {
+            if let Reply::Domain(d) = call(Request::Create { name }).await? {
+                println!("{}", d.id);
+            }
+        }
+        SimCmd::Destroy {
+            domain,
+            keep_processes,
+        } => {
+            call(Request::Destroy {
+                domain,
+                keep_processes,
+            })
+            .await?;
+        }
+        SimCmd::List => {
+            if let Reply::Domains(list) = call(Request::List).await? {
+                println!("{:>5}  NAME", "ID");
+                for d in list {
+                    println!("{:>5}  {}", d.id, d.name);
+                }
+            }
+        }
+        SimCmd::Stats => {
+            if let Reply::Stats(v) = call(Request::Stats).await? {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+        }
+        SimCmd::Exec { domain, command } => {
+            use std::os::unix::process::CommandExt;
+            let d = Client::connect(&dir).await?.domain(&domain).await?;
+            let mut c = std::process::Command::new(&command[0]);
+            c.args(&command[1..]).envs(xenvt::harness::env_for(&d));
+            let err = c.exec();
+            anyhow::bail!("cannot run {:?}: {err}", command[0]);
+        }
+        SimCmd::Env { domain } => {
+            let d = Client::connect(&dir).await?.domain(&domain).await?;
+            for (k, v) in xenvt::harness::env_for(&d) {
+                println!("export {}={}", k.to_string_lossy(), v.to_string_lossy());
+            }
+        }
+        SimCmd::Shutdown => {
+            call(Request::Shutdown).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Runs every test tier of xenvt. This is the README's test command and what CI runs.
+#   tier 1: unit, integration and property tests (cargo test, whole workspace)
+#   tier 2: loom model checks of the ring and notify protocol
+#   tier 3: a short fuzz run of each cargo-fuzz target (hostile peer)
+#   tier 4: the simulated host, multi-process: a channel smoke run and a quick ring benchmark
+# Functions below run inside `if`, where `set -e` is off: each step says `|| return 1`.
+# Set XENVT_FUZZ_SECONDS to change the fuzz time per target (default 20).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bash tools/scripts/setup.sh
+
+passed=0
+failed=0
+tier() {
+  local name=$1
+  shift
+  echo "=== tier: $name"
+  if "$@"; then
+    passed=$((passed + 1))
+  else
+    echo "=== tier FAILED: $name"
+    failed=$((failed + 1))
+  fi
+}
+
+tier "cargo test" cargo test --workspace --locked
+
+# loom rebuilds the ring crate under its own cfg; a separate target dir keeps the main cache warm.
+tier "loom" env RUSTFLAGS="--cfg xenvt_loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -p xenvt-ring --release --locked --test loom
+
+fuzz() {
+  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked || return 1
+  local secs=${XENVT_FUZZ_SECONDS:-20}
+  (
+    cd ring/fuzz
+    for t in $(cargo fuzz list); do
+      echo "fuzz: $t for ${secs}s"
+      cargo fuzz run "$t" -s none -- -max_total_time="$secs" >"fuzz-$t.log" 2>&1 || {
+        tail -n 40 "fuzz-$t.log"
+        exit 1
+      }
+      tail -n 2 "fuzz-$t.log"
+    done
+  )
+}
+tier "fuzz" fuzz
+
+sim() {
+  cargo build --release --locked -p xenvt || return 1
+  ./target/release/xenvt smoke || return 1
+  ./target/release/xenvt bench ring --quick
+}
+tier "simulated host" sim
+
+echo "tiers: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
