@@ -31,8 +31,7 @@ impl MappedPages {
         refs: &[GrantRef],
         writable: bool,
     ) -> Result<Self> {
-        let count =
-            u32::try_from(refs.len()).map_err(|_| Error::Invalid("grant count".into()))?;
+        let count = u32::try_from(refs.len()).map_err(|_| Error::Invalid("grant count".into()))?;
         let tail = offset_of!(GntdevMapGrantRef, refs);
         let elem = size_of::<GntdevGrantRef>();
         let mut buf = TailBuf::new(size_of::<GntdevMapGrantRef>(), tail, elem, refs.len())

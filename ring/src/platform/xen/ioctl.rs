@@ -196,10 +196,7 @@ impl TailBuf {
     /// A buffer for a header of `head_size` bytes whose array starts at `tail`.
     /// Returns `None` if the size overflows.
     pub fn new(head_size: usize, tail: usize, elem: usize, count: usize) -> Option<Self> {
-        let bytes = elem
-            .checked_mul(count)?
-            .checked_add(tail)?
-            .max(head_size);
+        let bytes = elem.checked_mul(count)?.checked_add(tail)?.max(head_size);
         Some(Self {
             words: vec![0; bytes.div_ceil(8)],
         })
@@ -231,7 +228,14 @@ impl TailBuf {
         assert!(offset + size_of::<T>() <= self.size());
         // SAFETY: as in `put`; the buffer is zero-initialised, and every T used
         // here (integers and structs of integers) is valid for any bit pattern.
-        unsafe { self.words.as_ptr().cast::<u8>().add(offset).cast::<T>().read() }
+        unsafe {
+            self.words
+                .as_ptr()
+                .cast::<u8>()
+                .add(offset)
+                .cast::<T>()
+                .read()
+        }
     }
 }
 
@@ -276,12 +280,24 @@ mod tests {
         for (k, v) in [
             ("IOCTL_GNTALLOC_ALLOC_GREF", IOCTL_GNTALLOC_ALLOC_GREF),
             ("IOCTL_GNTALLOC_DEALLOC_GREF", IOCTL_GNTALLOC_DEALLOC_GREF),
-            ("IOCTL_GNTALLOC_SET_UNMAP_NOTIFY", IOCTL_GNTALLOC_SET_UNMAP_NOTIFY),
+            (
+                "IOCTL_GNTALLOC_SET_UNMAP_NOTIFY",
+                IOCTL_GNTALLOC_SET_UNMAP_NOTIFY,
+            ),
             ("IOCTL_GNTDEV_MAP_GRANT_REF", IOCTL_GNTDEV_MAP_GRANT_REF),
             ("IOCTL_GNTDEV_UNMAP_GRANT_REF", IOCTL_GNTDEV_UNMAP_GRANT_REF),
-            ("IOCTL_GNTDEV_SET_UNMAP_NOTIFY", IOCTL_GNTDEV_SET_UNMAP_NOTIFY),
-            ("IOCTL_EVTCHN_BIND_INTERDOMAIN", IOCTL_EVTCHN_BIND_INTERDOMAIN),
-            ("IOCTL_EVTCHN_BIND_UNBOUND_PORT", IOCTL_EVTCHN_BIND_UNBOUND_PORT),
+            (
+                "IOCTL_GNTDEV_SET_UNMAP_NOTIFY",
+                IOCTL_GNTDEV_SET_UNMAP_NOTIFY,
+            ),
+            (
+                "IOCTL_EVTCHN_BIND_INTERDOMAIN",
+                IOCTL_EVTCHN_BIND_INTERDOMAIN,
+            ),
+            (
+                "IOCTL_EVTCHN_BIND_UNBOUND_PORT",
+                IOCTL_EVTCHN_BIND_UNBOUND_PORT,
+            ),
             ("IOCTL_EVTCHN_UNBIND", IOCTL_EVTCHN_UNBIND),
             ("IOCTL_EVTCHN_NOTIFY", IOCTL_EVTCHN_NOTIFY),
             ("IOCTL_EVTCHN_RESET", IOCTL_EVTCHN_RESET),
@@ -368,8 +384,10 @@ mod tests {
             ("UNMAP_NOTIFY_SEND_EVENT", 2),
         ];
         let ours = ours();
-        let expected: BTreeMap<String, u64> =
-            expected.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        let expected: BTreeMap<String, u64> = expected
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
         assert_eq!(ours, expected);
     }
 
@@ -424,7 +442,9 @@ mod tests {
             });
         match headers {
             Err(e) => {
-                eprintln!("SKIPPED: no C compiler (`cc`: {e}); the recorded-values test still runs");
+                eprintln!(
+                    "SKIPPED: no C compiler (`cc`: {e}); the recorded-values test still runs"
+                );
                 return;
             }
             Ok(status) if !status.success() => {

@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
-use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use nix::sys::mman::{madvise, mmap, munmap, MapFlags, MmapAdvise, ProtFlags};
 
 use super::{DomId, EventChannel, GrantRef, Pages, Platform, PAGE_SIZE};
 use crate::{Error, Result};
@@ -185,7 +185,12 @@ fn open_device(dir: &Path, dev: Device) -> Result<OwnedFd> {
     {
         Ok(file) => Ok(file.into()),
         // No node, or a node without a driver behind it: the module is missing.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV | libc::ENXIO)) => {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ENODEV | libc::ENXIO)
+            ) =>
+        {
             Err(Error::platform(
                 dev.op(),
                 io::Error::new(
@@ -247,6 +252,15 @@ impl Mmap {
         // require MAP_SHARED. The result is only used through raw pointers.
         let ptr = unsafe { mmap(None, len, prot, MapFlags::MAP_SHARED, fd, offset) }
             .map_err(|e| Error::platform(op, e))?;
+        // A forked child (a hook command before its exec) would otherwise hold
+        // the grant pages too, delaying their release and the unmap notify the
+        // peer waits for when we die. Best effort: the kernel refuses it on some
+        // device mappings (VM_IO), and nothing is unsafe without it.
+        // SAFETY: the range is exactly the mapping just created; the advice only
+        // changes what fork does with it.
+        if let Err(e) = unsafe { madvise(ptr, len.get(), MmapAdvise::MADV_DONTFORK) } {
+            tracing::debug!(error = %e, "MADV_DONTFORK on a grant mapping refused");
+        }
         Ok(Self {
             ptr,
             len,

@@ -36,7 +36,10 @@ fn open_without_xen_says_so() {
     let msg = err.to_string();
     let path = dir.path().join("evtchn");
     assert!(msg.contains(&format!("no {}", path.display())), "{msg}");
-    assert!(msg.contains("Xen domain with the xen-evtchn module"), "{msg}");
+    assert!(
+        msg.contains("Xen domain with the xen-evtchn module"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -99,7 +102,10 @@ fn page_counts_are_bounded_before_any_device_call() {
     for n in [0, MAX_PAGES + 1] {
         assert!(matches!(p.share_pages(0, n, true), Err(Error::Invalid(_))));
         let refs = vec![1; n];
-        assert!(matches!(p.map_pages(0, &refs, true), Err(Error::Invalid(_))));
+        assert!(matches!(
+            p.map_pages(0, &refs, true),
+            Err(Error::Invalid(_))
+        ));
     }
 }
 
@@ -107,7 +113,10 @@ fn page_counts_are_bounded_before_any_device_call() {
 fn notify_index_is_mapping_offset_plus_byte_offset() {
     assert_eq!(notify_index(3 * 4096, 8192, 0).unwrap(), 3 * 4096);
     assert_eq!(notify_index(3 * 4096, 8192, 8191).unwrap(), 3 * 4096 + 8191);
-    assert!(matches!(notify_index(0, 8192, 8192), Err(Error::Invalid(_))));
+    assert!(matches!(
+        notify_index(0, 8192, 8192),
+        Err(Error::Invalid(_))
+    ));
     assert!(matches!(
         notify_index(u64::MAX, 8192, 1),
         Err(Error::Invalid(_))
@@ -269,7 +278,10 @@ mod real_xen {
         assert_eq!(read(&*shared, 5), 0, "unmap cleared the live byte");
 
         let ro = p.map_pages(me, shared.grant_refs(), false).expect("map ro");
-        assert!(matches!(ro.set_unmap_notify(0, None), Err(Error::Invalid(_))));
+        assert!(matches!(
+            ro.set_unmap_notify(0, None),
+            Err(Error::Invalid(_))
+        ));
         assert_eq!(read(&*ro, 4097), 0x11);
     }
 
