@@ -141,6 +141,22 @@ fn mmap_maps_the_pages_at_the_offset_and_unmaps_once() {
         )
     };
     assert_eq!((first, last), (0xa5, 0x5a));
+
+    // Not inherited by a fork: the kernel shows that as the "dc" VmFlag.
+    match std::fs::read_to_string("/proc/self/smaps") {
+        Ok(smaps) => {
+            let start = format!("{:x}-", map.as_ptr() as usize);
+            let entry = smaps
+                .split_inclusive('\n')
+                .skip_while(|l| !l.starts_with(&start))
+                // VmFlags closes each entry, so the first one after ours is ours.
+                .find(|l| l.starts_with("VmFlags:"))
+                .expect("our mapping in smaps");
+            assert!(entry.split_whitespace().any(|f| f == "dc"), "{entry}");
+        }
+        Err(e) => eprintln!("SKIPPED the fork check: no /proc/self/smaps ({e})"),
+    }
+
     map.unmap();
     map.unmap(); // and once more on drop: must not munmap twice
 }
