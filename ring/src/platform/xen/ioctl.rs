@@ -101,9 +101,9 @@ pub struct EvtchnPort {
 /// with "no direction" yet a real argument size, which nix's `request_code_none!`
 /// cannot express (it encodes size 0), so the number is built here.
 const fn ioc_none(ty: u8, nr: u8, size: usize) -> u32 {
-    // Only the "generic" encoding (x86, Arm, RISC-V) is used by Xen guests; the
-    // other encodings differ in the direction bits, which are 0 here anyway, and in
-    // the size field width, which our sizes fit in either way.
+    // Xen guests use the generic encoding (x86, Arm). The older one (MIPS, Power,
+    // SPARC) spells "no direction" as bit 29 and has a 13-bit size field, which
+    // our sizes fit; it is kept only so the crate builds there.
     #[cfg(any(
         target_arch = "mips",
         target_arch = "mips64",
