@@ -24,30 +24,13 @@ impl SharedPages {
     /// Allocates and grants `count` pages (already checked to be in range).
     pub(super) fn new(fd: Arc<OwnedFd>, peer: DomId, count: usize, writable: bool) -> Result<Self> {
         let count32 = u32::try_from(count).map_err(|_| Error::Invalid("page count".into()))?;
-        let tail = offset_of!(GntallocAllocGref, gref_ids);
-        let mut buf = TailBuf::new(size_of::<GntallocAllocGref>(), tail, 4, count)
-            .ok_or_else(|| Error::Invalid("page count".into()))?;
-        buf.put(
-            0,
-            GntallocAllocGref {
-                domid: peer,
-                flags: if writable {
-                    ioctl::GNTALLOC_FLAG_WRITABLE
-                } else {
-                    0
-                },
-                count: count32,
-                index: 0,
-                gref_ids: [0],
-            },
-        );
+        let mut buf = alloc_request(peer, count32, writable)?;
         // SAFETY: `buf` is 8-aligned, starts with the request struct and has room
         // for `count` grant ids from `gref_ids` on, which is all the kernel writes;
         // it lives across the call.
         unsafe { ioctl::gntalloc_alloc_gref(fd.as_raw_fd(), buf.as_mut_ptr().cast()) }
             .map_err(|e| Error::platform("gntalloc alloc grant", e))?;
-        let index = buf.get::<GntallocAllocGref>(0).index;
-        let refs = (0..count).map(|i| buf.get::<u32>(tail + 4 * i)).collect();
+        let (index, refs) = alloc_reply(&buf, count);
 
         // The grants exist from here on: give them back if the mapping fails.
         // Our own side always maps read-write: `writable` is the peer's access.
@@ -65,6 +48,36 @@ impl SharedPages {
             refs,
         })
     }
+}
+
+/// The `IOCTL_GNTALLOC_ALLOC_GREF` argument, with room for the `count` grant ids
+/// the kernel writes after the struct.
+fn alloc_request(peer: DomId, count: u32, writable: bool) -> Result<TailBuf> {
+    let tail = offset_of!(GntallocAllocGref, gref_ids);
+    let mut buf = TailBuf::new(size_of::<GntallocAllocGref>(), tail, 4, count as usize)
+        .ok_or_else(|| Error::Invalid("page count".into()))?;
+    buf.put(
+        0,
+        GntallocAllocGref {
+            domid: peer,
+            flags: if writable {
+                ioctl::GNTALLOC_FLAG_WRITABLE
+            } else {
+                0
+            },
+            count,
+            index: 0,
+            gref_ids: [0],
+        },
+    );
+    Ok(buf)
+}
+
+/// The mmap offset and the `count` grant ids the kernel wrote into `buf`.
+fn alloc_reply(buf: &TailBuf, count: usize) -> (u64, Vec<GrantRef>) {
+    let tail = offset_of!(GntallocAllocGref, gref_ids);
+    let index = buf.get::<GntallocAllocGref>(0).index;
+    (index, (0..count).map(|i| buf.get(tail + 4 * i)).collect())
 }
 
 /// Releases grants from the device; failure only leaks until the fd closes.
@@ -110,5 +123,32 @@ impl Drop for SharedPages {
         self.map.unmap();
         // The count came from a `u32` in `new`.
         dealloc(&self.fd, self.index, self.refs.len() as u32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_and_reply_follow_the_kernel_layout() {
+        let mut buf = alloc_request(0x1234, 5, true).unwrap();
+        assert!(buf.size() >= 16 + 4 * 5, "room for every grant id");
+        // What the kernel reads.
+        assert_eq!(buf.get::<u16>(0), 0x1234);
+        assert_eq!(buf.get::<u16>(2), ioctl::GNTALLOC_FLAG_WRITABLE);
+        assert_eq!(buf.get::<u32>(4), 5);
+        // What it writes back: the offset, then one id per page.
+        buf.put(8, 7u64 << 12);
+        for i in 0..5 {
+            buf.put(16 + 4 * i, 100 + i as u32);
+        }
+        assert_eq!(
+            alloc_reply(&buf, 5),
+            (7 << 12, vec![100, 101, 102, 103, 104])
+        );
+
+        let ro = alloc_request(3, 1, false).unwrap();
+        assert_eq!(ro.get::<u16>(2), 0, "read-only grants carry no flag");
     }
 }

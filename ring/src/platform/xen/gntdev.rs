@@ -32,28 +32,7 @@ impl MappedPages {
         writable: bool,
     ) -> Result<Self> {
         let count = u32::try_from(refs.len()).map_err(|_| Error::Invalid("grant count".into()))?;
-        let tail = offset_of!(GntdevMapGrantRef, refs);
-        let elem = size_of::<GntdevGrantRef>();
-        let mut buf = TailBuf::new(size_of::<GntdevMapGrantRef>(), tail, elem, refs.len())
-            .ok_or_else(|| Error::Invalid("grant count".into()))?;
-        buf.put(
-            0,
-            GntdevMapGrantRef {
-                count,
-                pad: 0,
-                index: 0,
-                refs: [GntdevGrantRef::default()],
-            },
-        );
-        for (i, &r) in refs.iter().enumerate() {
-            buf.put(
-                tail + elem * i,
-                GntdevGrantRef {
-                    domid: peer.into(),
-                    ref_: r,
-                },
-            );
-        }
+        let mut buf = map_request(peer, refs)?;
         // SAFETY: `buf` is 8-aligned, starts with the request struct and holds
         // `count` grant refs from `refs` on, which is all the kernel reads; the
         // kernel writes back only the fixed struct. It lives across the call.
@@ -78,6 +57,35 @@ impl MappedPages {
             writable,
         })
     }
+}
+
+/// The `IOCTL_GNTDEV_MAP_GRANT_REF` argument: the struct followed by every ref
+/// (the kernel reads `count` of them from `refs` on).
+fn map_request(peer: DomId, refs: &[GrantRef]) -> Result<TailBuf> {
+    let count = u32::try_from(refs.len()).map_err(|_| Error::Invalid("grant count".into()))?;
+    let tail = offset_of!(GntdevMapGrantRef, refs);
+    let elem = size_of::<GntdevGrantRef>();
+    let mut buf = TailBuf::new(size_of::<GntdevMapGrantRef>(), tail, elem, refs.len())
+        .ok_or_else(|| Error::Invalid("grant count".into()))?;
+    buf.put(
+        0,
+        GntdevMapGrantRef {
+            count,
+            pad: 0,
+            index: 0,
+            refs: [GntdevGrantRef::default()],
+        },
+    );
+    for (i, &r) in refs.iter().enumerate() {
+        buf.put(
+            tail + elem * i,
+            GntdevGrantRef {
+                domid: peer.into(),
+                ref_: r,
+            },
+        );
+    }
+    Ok(buf)
 }
 
 /// Releases the device's record of a mapping; failure only leaks until the fd
@@ -133,5 +141,30 @@ impl Drop for MappedPages {
         // grants; the ioctl then frees the device's record.
         self.map.unmap();
         unmap_grant_ref(&self.fd, self.index, self.count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_carries_every_ref_in_the_kernel_layout() {
+        let refs = [11, 22, 33];
+        let buf = map_request(7, &refs).unwrap();
+        assert!(buf.size() >= 16 + 8 * 3, "room for every ref");
+        assert_eq!(buf.get::<u32>(0), 3);
+        for (i, r) in refs.iter().enumerate() {
+            assert_eq!(
+                buf.get::<GntdevGrantRef>(16 + 8 * i),
+                GntdevGrantRef { domid: 7, ref_: *r }
+            );
+        }
+        let one = map_request(7, &[5]).unwrap();
+        assert_eq!(one.size(), size_of::<GntdevMapGrantRef>());
+        assert_eq!(
+            one.get::<GntdevGrantRef>(16),
+            GntdevGrantRef { domid: 7, ref_: 5 }
+        );
     }
 }
