@@ -83,6 +83,16 @@ impl XenPlatform {
     /// test).
     pub fn open_in(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
+        // The devices count in kernel pages; the channel layout counts in Xen's
+        // 4 KiB grants. They only agree when the kernel page is 4 KiB too.
+        // SAFETY: sysconf has no preconditions.
+        let kernel_page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if kernel_page != PAGE_SIZE as libc::c_long {
+            return Err(Error::Invalid(format!(
+                "kernel page size {kernel_page}: the Xen devices are only supported \
+                 with {PAGE_SIZE}-byte pages"
+            )));
+        }
         // Every channel needs an event channel: probing it now turns "not on Xen"
         // into a startup error rather than a failure at the first connection.
         drop(open_device(&dir, Device::Evtchn)?);
