@@ -347,7 +347,9 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )
         .unwrap();
-        let efd = nix::sys::eventfd::eventfd(0, nix::sys::eventfd::EfdFlags::EFD_CLOEXEC).unwrap();
+        let efd = nix::sys::eventfd::EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_CLOEXEC)
+            .unwrap();
+        let efd = efd.as_fd();
         send_msg(a.as_fd(), b"one", &[efd.as_raw_fd()]).unwrap();
         let (m, fds) = recv_msg(b.as_fd(), true).unwrap().unwrap();
         assert_eq!(m, b"one");
