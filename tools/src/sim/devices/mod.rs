@@ -45,6 +45,8 @@ pub struct Devices {
 struct Inner {
     state: Mutex<State>,
     log: Mutex<LogLimit>,
+    /// Bumped after every release or destroy, so waiters need not poll.
+    changed: watch::Sender<u64>,
 }
 
 struct LogLimit {
@@ -79,6 +81,7 @@ impl Devices {
                     lines: 0,
                     dropped: 0,
                 }),
+                changed: watch::channel(0).0,
             }),
         }
     }
@@ -121,6 +124,27 @@ impl Devices {
     /// mappings of its pages held by others stay valid (a zombie in [`Devices::stats`]).
     pub fn destroy_domain(&self, domid: u16) {
         self.lock().destroy_domain(domid);
+        self.bump();
+    }
+
+    fn bump(&self) {
+        self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Waits until `pred` holds for [`Devices::stats`]; releases happen on the
+    /// server's tasks after a client closes, so leak checks wait here (under a
+    /// timeout of the caller's choice).
+    pub async fn wait_stats(&self, pred: impl Fn(&DevicesStats) -> bool) {
+        let mut rx = self.inner.changed.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if pred(&self.stats()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Process ids (from `SO_PEERCRED`) of `domid`'s connected clients.
@@ -166,6 +190,7 @@ impl Devices {
             Err(e) => {
                 self.log(format_args!("domain {domid}: {e}"));
                 self.lock().release(id, true);
+                self.bump();
                 return;
             }
         };
@@ -180,6 +205,7 @@ impl Devices {
         }
         // After a destroy this finds nothing left to release.
         self.lock().release(id, true);
+        self.bump();
     }
 
     /// Answers requests until the client hangs up or misbehaves.
