@@ -51,8 +51,10 @@ impl Host {
         let path = self.path(domid);
         let listener = devices::bind(&path).unwrap();
         let dev = self.dev.clone();
-        self.serving
-            .push(self.rt.spawn(async move { dev.serve(listener, domid).await }));
+        self.serving.push(
+            self.rt
+                .spawn(async move { dev.serve(listener, domid).await }),
+        );
     }
 
     fn path(&self, domid: u16) -> PathBuf {
@@ -116,15 +118,15 @@ fn pages_shared_and_mapped_carry_data_both_ways() {
     assert_eq!(shared.len(), 3 * 4096);
     let refs = shared.grant_refs().to_vec();
     assert_eq!(refs.len(), 3);
-    assert!((0..shared.len()).step_by(97).all(|o| read_byte(&*shared, o) == 0));
+    assert!((0..shared.len())
+        .step_by(97)
+        .all(|o| read_byte(&*shared, o) == 0));
     for page in 0..3 {
         write_byte(&*shared, page * 4096 + 5, 10 + page as u8);
     }
     // Mapped out of order: page i of the mapping is refs[order[i]].
     let order = [2, 0, 1];
-    let mapped = dom0
-        .map_pages(DOMU, &order.map(|i| refs[i]), true)
-        .unwrap();
+    let mapped = dom0.map_pages(DOMU, &order.map(|i| refs[i]), true).unwrap();
     assert!(mapped.grant_refs().is_empty());
     for (i, src) in order.iter().enumerate() {
         assert_eq!(read_byte(&*mapped, i * 4096 + 5), 10 + *src as u8);
@@ -164,7 +166,10 @@ fn read_only_grants_give_read_only_mappings() {
         )
     };
     assert_eq!(rc, -1);
-    assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::EACCES));
+    assert_eq!(
+        io::Error::last_os_error().raw_os_error(),
+        Some(libc::EACCES)
+    );
 
     // The same at the wire level: the fd itself refuses a writable shared map.
     let sock = raw_connect(&host.path(DOM0));
@@ -279,10 +284,7 @@ fn event_channels_wake_the_other_end() {
     );
 
     // Already bound, nonexistent, or meant for another domain: refused.
-    let e = dom0
-        .bind_interdomain(DOMU, u.local_port())
-        .err()
-        .unwrap();
+    let e = dom0.bind_interdomain(DOMU, u.local_port()).err().unwrap();
     assert_eq!(io_kind(&e), io::ErrorKind::InvalidInput);
     let e = dom0.bind_interdomain(DOMU, 999).err().unwrap();
     assert_eq!(io_kind(&e), io::ErrorKind::NotFound);
@@ -299,7 +301,10 @@ fn event_channels_wake_the_other_end() {
     host.wait_stats(|s| s.domains[&DOM0].ports == 0);
     u.notify().unwrap();
     let z2 = dom0.bind_interdomain(DOMU, u.local_port()).unwrap();
-    assert!(!z2.clear().unwrap(), "events sent while unbound are dropped");
+    assert!(
+        !z2.clear().unwrap(),
+        "events sent while unbound are dropped"
+    );
     u.notify().unwrap();
     assert!(wait_event(&*z2));
     drop((z2, u, other));
@@ -475,7 +480,10 @@ fn raw_call(sock: &OwnedFd, req: &Request) -> (Reply, Vec<OwnedFd>) {
 /// Reads until the daemon replies or hangs up; true when it hung up.
 fn hung_up_after_reply(sock: &OwnedFd) -> bool {
     loop {
-        assert!(readable(sock.as_fd(), WAIT), "daemon neither replied nor hung up");
+        assert!(
+            readable(sock.as_fd(), WAIT),
+            "daemon neither replied nor hung up"
+        );
         match proto::recv_msg(sock.as_fd(), true) {
             Ok(None) | Err(_) => return true,
             Ok(Some((msg, _))) => {

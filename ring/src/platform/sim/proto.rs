@@ -170,9 +170,12 @@ impl Request {
             Request::Share { count, .. } if *count == 0 || *count > MAX_SHARE_PAGES => Err(
                 Refused::new(RefusedKind::Invalid, format!("bad page count {count}")),
             ),
-            Request::Map { refs, .. } if refs.is_empty() || refs.len() > MAX_MAP_REFS => Err(
-                Refused::new(RefusedKind::Invalid, format!("bad ref count {}", refs.len())),
-            ),
+            Request::Map { refs, .. } if refs.is_empty() || refs.len() > MAX_MAP_REFS => {
+                Err(Refused::new(
+                    RefusedKind::Invalid,
+                    format!("bad ref count {}", refs.len()),
+                ))
+            }
             _ => Ok(req),
         }
     }
@@ -195,13 +198,7 @@ pub fn send_msg(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> io::Result
     let iov = [IoSlice::new(bytes)];
     let cmsg = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
-    let sent = sendmsg::<()>(
-        sock.as_raw_fd(),
-        &iov,
-        cmsgs,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )?;
+    let sent = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
     if sent != bytes.len() {
         return Err(io::Error::new(io::ErrorKind::WriteZero, "short send"));
     }
@@ -222,7 +219,11 @@ pub fn recv_msg(sock: BorrowedFd<'_>, accept_fds: bool) -> io::Result<Received> 
         let msg = recvmsg::<()>(
             sock.as_raw_fd(),
             &mut iov,
-            if accept_fds { Some(&mut cmsg_buf) } else { None },
+            if accept_fds {
+                Some(&mut cmsg_buf)
+            } else {
+                None
+            },
             MsgFlags::MSG_CMSG_CLOEXEC,
         )?;
         let mut fds = Vec::new();
@@ -242,7 +243,10 @@ pub fn recv_msg(sock: BorrowedFd<'_>, accept_fds: bool) -> io::Result<Received> 
         (msg.bytes, msg.flags, fds)
     };
     if flags.contains(MsgFlags::MSG_TRUNC) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "message too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message too long",
+        ));
     }
     if accept_fds && flags.contains(MsgFlags::MSG_CTRUNC) {
         return Err(io::Error::new(

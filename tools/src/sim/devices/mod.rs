@@ -26,11 +26,11 @@ use tokio::sync::watch;
 use xenvt_ring::platform::sim::proto::{self, Received, Refused, Reply, Request};
 use xenvt_ring::platform::DomId;
 
+use state::{ConnId, State};
 pub use state::{
     DevicesConfig, DevicesStats, DomainStats, CONNECTION_LIMIT, FIRST_REF, MAP_LIMIT_PAGES,
     PORT_LIMIT, REF_END,
 };
-use state::{ConnId, State};
 
 /// Log lines about misbehaving clients allowed per second, so a hostile guest
 /// cannot flood the host's log.

@@ -173,9 +173,7 @@ impl SharedMem {
     /// reopen, through which no writable shared mapping can be made.
     fn fd_for(&self, writable: bool) -> Result<OwnedFd, Refused> {
         if writable {
-            self.fd
-                .try_clone()
-                .map_err(|e| Refused::io("dup memfd", e))
+            self.fd.try_clone().map_err(|e| Refused::io("dup memfd", e))
         } else {
             let path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
             let raw = open(
@@ -497,7 +495,10 @@ impl State {
         let mut last: Option<(u64, usize)> = None;
         for r in refs {
             let Some(g) = self.grants.get(&(peer, *r)) else {
-                return refuse(RefusedKind::NotFound, format!("no grant {r} of domain {peer}"));
+                return refuse(
+                    RefusedKind::NotFound,
+                    format!("no grant {r} of domain {peer}"),
+                );
             };
             if !g.held {
                 return refuse(RefusedKind::NotFound, format!("grant {r} was ended"));
@@ -572,7 +573,10 @@ impl State {
                 ..
             } => refs.len() * PAGE_SIZE,
             Role::Mapped { .. } => {
-                return refuse(RefusedKind::Invalid, "cannot clear a byte of a read-only map")
+                return refuse(
+                    RefusedKind::Invalid,
+                    "cannot clear a byte of a read-only map",
+                )
             }
             _ => return refuse(RefusedKind::Invalid, "no pages on this connection"),
         };
@@ -794,9 +798,8 @@ impl State {
                 if let Some(n) = n {
                     if notify {
                         let page = n.offset / PAGE_SIZE;
-                        if let Some(g) = refs
-                            .get(page)
-                            .and_then(|r| self.grants.get(&(granter, *r)))
+                        if let Some(g) =
+                            refs.get(page).and_then(|r| self.grants.get(&(granter, *r)))
                         {
                             g.mem.clear_byte(g.page * PAGE_SIZE + n.offset % PAGE_SIZE);
                         }
@@ -953,7 +956,10 @@ mod tests {
         s.release(a, true);
         let b = conn(&mut s, 1);
         let (again, _) = s.share(b, 0, 3, true).unwrap();
-        assert!(again.iter().all(|r| !refs.contains(r)), "{refs:?} {again:?}");
+        assert!(
+            again.iter().all(|r| !refs.contains(r)),
+            "{refs:?} {again:?}"
+        );
     }
 
     #[test]
@@ -1012,10 +1018,7 @@ mod tests {
         let a = conn(&mut s, 1);
         s.share(a, 0, 3, true).unwrap();
         let b = conn(&mut s, 1);
-        assert_eq!(
-            s.share(b, 0, 2, true).unwrap_err().kind,
-            RefusedKind::Limit
-        );
+        assert_eq!(s.share(b, 0, 2, true).unwrap_err().kind, RefusedKind::Limit);
         s.share(b, 0, 1, true).unwrap();
         s.release(a, true);
         let c = conn(&mut s, 1);
@@ -1050,10 +1053,7 @@ mod tests {
         assert_eq!(pa, 1);
         // Wrong domain, wrong port, own domain not allowed.
         let w = conn(&mut s, 2);
-        assert_eq!(
-            s.bind(w, 1, pa).unwrap_err().kind,
-            RefusedKind::Permission
-        );
+        assert_eq!(s.bind(w, 1, pa).unwrap_err().kind, RefusedKind::Permission);
         let b = conn(&mut s, 0);
         assert_eq!(s.bind(b, 1, 9).unwrap_err().kind, RefusedKind::NotFound);
         // Events sent while unbound are dropped.
@@ -1109,7 +1109,8 @@ mod tests {
         drop(fb);
         s.release(m, true);
         // SAFETY: as above.
-        assert_eq!(unsafe { mem.ptr.as_ptr().cast::<u8>().add(10).read_volatile() }, 0);
+        let byte = unsafe { mem.ptr.as_ptr().cast::<u8>().add(10).read_volatile() };
+        assert_eq!(byte, 0);
         assert_eq!(read_counter(&fa[0]), 1);
         assert_eq!(s.stats().domains[&0].ports, 0);
         s.release(g, true);
