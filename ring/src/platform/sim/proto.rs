@@ -31,6 +31,9 @@ pub const MAX_SHARE_PAGES: u32 = 1024;
 /// Most references one `Map` request may name.
 pub const MAX_MAP_REFS: usize = 512;
 
+/// Longest explanation a [`Refused`] carries.
+pub const MAX_DETAIL: usize = 200;
+
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -131,12 +134,19 @@ pub enum RefusedKind {
 }
 
 impl Refused {
-    /// Builds a refusal.
+    /// Builds a refusal. The detail may quote a peer's bytes and ends up in logs,
+    /// so it is cut to [`MAX_DETAIL`] characters with control characters escaped.
     pub fn new(kind: RefusedKind, detail: impl Into<String>) -> Self {
-        Refused {
-            kind,
-            detail: detail.into(),
+        let detail: String = detail.into();
+        let mut safe = String::new();
+        for c in detail.chars().flat_map(char::escape_debug) {
+            if safe.len() >= MAX_DETAIL {
+                safe.push_str("...");
+                break;
+            }
+            safe.push(c);
         }
+        Refused { kind, detail: safe }
     }
 
     /// The host-side failure `e` while doing `what`.
@@ -313,6 +323,12 @@ mod tests {
             let e = Request::decode(bad).unwrap_err();
             assert_eq!(e.kind, RefusedKind::Invalid, "{bad:?}");
         }
+        let long = format!("{{\"op\":\"{}\n\"}}", "x".repeat(MAX_MSG - 100));
+        let e = Request::decode(long.as_bytes()).unwrap_err();
+        assert!(e.detail.len() <= MAX_DETAIL + 8, "{}", e.detail.len());
+        let e = Request::decode(b"{\"op\":\"a\\nb\"}").unwrap_err();
+        assert!(e.detail.contains("a\\nb"), "{}", e.detail);
+        assert!(!e.detail.contains('\n'));
         let too_many = Request::Map {
             peer: 1,
             refs: vec![8; MAX_MAP_REFS + 1],
