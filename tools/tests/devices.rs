@@ -417,6 +417,75 @@ fn unmap_notify_on_process_death() {
     host.wait_clean();
 }
 
+/// Run in a child process by `granter_death_ends_grants_and_notifies`: shares a
+/// page with dom0, arms unmap-notify on the given port, prints the ref, waits to die.
+#[test]
+#[ignore = "helper process for granter_death_ends_grants_and_notifies"]
+fn child_grants_and_waits() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let (path, port) = spec.split_once(',').unwrap();
+    let domu = SimPlatform::new(PathBuf::from(path)).unwrap();
+    let shared = domu.share_pages(DOM0, 1, true).unwrap();
+    write_byte(&*shared, 8, 1);
+    shared
+        .set_unmap_notify(8, Some(port.parse().unwrap()))
+        .unwrap();
+    println!("ready {}", shared.grant_refs()[0]);
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn granter_death_ends_grants_and_notifies() {
+    let host = Host::new(1024);
+    let dom0 = host.platform(DOM0);
+    let z = dom0.alloc_unbound(DOMU).unwrap();
+    // The child's notify signals through a domU port that this process holds:
+    // ports belong to the domain, as with the kernel's `evtchn_get`.
+    let domu = host.platform(DOMU);
+    let u = domu.bind_interdomain(DOM0, z.local_port()).unwrap();
+    let spec = format!("{},{}", host.path(DOMU).display(), u.local_port());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_grants_and_waits",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CHILD_ENV, spec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let gref: u32 = lines
+        .find_map(|l| {
+            l.ok()
+                .and_then(|l| l.trim().strip_prefix("ready ").map(str::to_owned))
+        })
+        .expect("child did not get ready")
+        .parse()
+        .unwrap();
+    let mapped = dom0.map_pages(DOMU, &[gref], true).unwrap();
+    assert_eq!(read_byte(&*mapped, 8), 1);
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(wait_event(&*z));
+    assert_eq!(read_byte(&*mapped, 8), 0);
+    // The grant ended with its holder, but our mapping keeps the page alive.
+    host.wait_stats(|s| s.domains[&DOMU].pages_granted == 0);
+    assert_eq!(host.dev.stats().domains[&DOMU].grants, 1);
+    write_byte(&*mapped, 9, 9);
+    assert_eq!(read_byte(&*mapped, 9), 9);
+    assert!(dom0.map_pages(DOMU, &[gref], true).is_err());
+    drop((mapped, u, z));
+    host.wait_clean();
+}
+
 #[test]
 fn destroyed_domain_grants_cannot_be_mapped_but_live_maps_stay() {
     let mut host = Host::new(1024);
