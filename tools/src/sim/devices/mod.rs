@@ -55,6 +55,26 @@ struct LogLimit {
     dropped: u64,
 }
 
+impl LogLimit {
+    /// Whether a line may be logged at `now`, and how many were suppressed in
+    /// the window that just ended (to be reported once).
+    fn admit(&mut self, now: Instant) -> (bool, u64) {
+        let mut suppressed = 0;
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            suppressed = std::mem::take(&mut self.dropped);
+            self.window = now;
+            self.lines = 0;
+        }
+        if self.lines < LOG_LINES_PER_SEC {
+            self.lines += 1;
+            (true, suppressed)
+        } else {
+            self.dropped += 1;
+            (false, suppressed)
+        }
+    }
+}
+
 /// Binds a listening, non-blocking `SOCK_SEQPACKET` unix socket at `path` for
 /// [`Devices::serve`].
 pub fn bind(path: &Path) -> io::Result<OwnedFd> {
@@ -160,19 +180,12 @@ impl Devices {
     /// Logs a line about a client, within [`LOG_LINES_PER_SEC`].
     fn log(&self, line: std::fmt::Arguments<'_>) {
         let mut l = self.inner.log.lock().unwrap_or_else(|p| p.into_inner());
-        if l.window.elapsed() >= Duration::from_secs(1) {
-            if l.dropped > 0 {
-                tracing::info!("devices: {} log lines suppressed", l.dropped);
-            }
-            l.window = Instant::now();
-            l.lines = 0;
-            l.dropped = 0;
+        let (allowed, suppressed) = l.admit(Instant::now());
+        if suppressed > 0 {
+            tracing::info!("devices: {suppressed} log lines suppressed");
         }
-        if l.lines < LOG_LINES_PER_SEC {
-            l.lines += 1;
+        if allowed {
             tracing::info!("devices: {line}");
-        } else {
-            l.dropped += 1;
         }
     }
 
@@ -314,5 +327,26 @@ async fn send(sock: &AsyncFd<OwnedFd>, reply: &Reply, fds: Vec<OwnedFd>) -> io::
             // Our copies of the descriptors close here; the client has its own.
             return r;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut l = LogLimit {
+            window: t0,
+            lines: 0,
+            dropped: 0,
+        };
+        let admitted = (0..1000).filter(|_| l.admit(t0).0).count();
+        assert_eq!(admitted, LOG_LINES_PER_SEC as usize);
+        let (ok, suppressed) = l.admit(t0 + Duration::from_millis(1500));
+        assert!(ok);
+        assert_eq!(suppressed, 1000 - u64::from(LOG_LINES_PER_SEC));
+        assert_eq!(l.admit(t0 + Duration::from_millis(1600)), (true, 0));
     }
 }

@@ -1166,6 +1166,17 @@ mod tests {
     }
 
     #[test]
+    fn connections_per_domain_are_bounded() {
+        let mut s = state(1024);
+        let ids: Vec<ConnId> = (0..CONNECTION_LIMIT).map(|_| conn(&mut s, 1)).collect();
+        assert_eq!(s.register(1, 1).unwrap_err().kind, RefusedKind::Limit);
+        // Other domains are not affected.
+        conn(&mut s, 2);
+        s.release(ids[0], true);
+        conn(&mut s, 1);
+    }
+
+    #[test]
     fn pids_are_listed_once() {
         let mut s = state(1024);
         conn(&mut s, 2);
