@@ -1177,6 +1177,30 @@ mod tests {
     }
 
     #[test]
+    fn ports_per_domain_are_bounded_and_lowest_is_reused() {
+        let mut s = state(1024);
+        let fd = eventfd().unwrap();
+        let dom = s.domains.get_mut(&1).unwrap();
+        for p in (1..=PORT_LIMIT).filter(|p| *p != 7) {
+            dom.ports.insert(
+                p,
+                Port {
+                    remote: 0,
+                    bound: None,
+                    wait: fd.clone(),
+                    signal: fd.clone(),
+                    open: true,
+                    holds: 0,
+                },
+            );
+        }
+        let a = conn(&mut s, 1);
+        assert_eq!(s.alloc_unbound(a, 0).unwrap().0, 7);
+        let b = conn(&mut s, 1);
+        assert_eq!(s.alloc_unbound(b, 0).unwrap_err().kind, RefusedKind::Limit);
+    }
+
+    #[test]
     fn pids_are_listed_once() {
         let mut s = state(1024);
         conn(&mut s, 2);
