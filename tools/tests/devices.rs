@@ -350,6 +350,16 @@ fn unmap_notify_on_drop_clears_and_signals() {
     host.wait_clean();
 }
 
+/// A helper process, killed and reaped when the test ends, however it ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 const CHILD_ENV: &str = "XENVT_TEST_DEVICES_CHILD";
 
 /// Run in a child process by `unmap_notify_on_process_death`: binds to the
@@ -398,16 +408,17 @@ fn unmap_notify_on_process_death() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Reaped)
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let ready = lines.any(|l| l.map(|l| l.trim() == "ready").unwrap_or(false));
     assert!(ready, "child did not get ready");
-    assert!(host.dev.pids(DOM0).contains(&(child.id() as i32)));
+    assert!(host.dev.pids(DOM0).contains(&(child.0.id() as i32)));
     assert!(!u.clear().unwrap());
     assert_eq!(read_byte(&*shared, 100), 1);
 
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
     assert!(wait_event(&*u));
     assert_eq!(read_byte(&*shared, 100), 0);
     // The child's port closed after signalling; ours is unbound again.
@@ -459,8 +470,9 @@ fn granter_death_ends_grants_and_notifies() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Reaped)
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let gref: u32 = lines
         .find_map(|l| {
             l.ok()
@@ -472,8 +484,8 @@ fn granter_death_ends_grants_and_notifies() {
     let mapped = dom0.map_pages(DOMU, &[gref], true).unwrap();
     assert_eq!(read_byte(&*mapped, 8), 1);
 
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
     assert!(wait_event(&*z));
     assert_eq!(read_byte(&*mapped, 8), 0);
     // The grant ended with its holder, but our mapping keeps the page alive.
