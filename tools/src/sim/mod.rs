@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 
 pub mod control;
+pub mod devices;
 pub mod host;
 
 /// The control socket's name inside the host directory.
