@@ -94,6 +94,16 @@ impl SimHost {
         }
     }
 
+    /// Waits (at most `timeout_ms`) until nothing is held in the device model;
+    /// the error lists what is still held.
+    pub async fn wait_clean(&self, timeout_ms: u64) -> Result<(), SimError> {
+        self.client()
+            .await?
+            .call(&Request::WaitClean { timeout_ms })
+            .await
+            .map(|_| ())
+    }
+
     /// A command for the `xenvt` binary running inside `dom`.
     pub fn xenvt_in(&self, dom: &DomainInfo) -> Command {
         let mut c = Command::new(&self.exe);

@@ -56,6 +56,14 @@ pub enum Request {
     List,
     /// Returns counters of xenstored and the devices, for status and leak checks.
     Stats,
+    /// Waits until no domain holds a grant, mapping, port or device connection,
+    /// then returns the counters; fails with the counters after `timeout_ms`.
+    /// Cleanup after a process exits is asynchronous, so leak checks wait on this
+    /// event rather than sampling once.
+    WaitClean {
+        /// Upper bound on the wait.
+        timeout_ms: u64,
+    },
     /// Stops the host.
     Shutdown,
 }

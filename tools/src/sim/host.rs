@@ -167,7 +167,7 @@ impl Host {
         Ok(())
     }
 
-    fn handle(&self, req: Request) -> Reply {
+    async fn handle(&self, req: Request) -> Reply {
         let result = match req {
             Request::Create { name } => self.create(&name).map(Reply::Domain),
             Request::Destroy {
@@ -184,16 +184,31 @@ impl Host {
                     .map(|d| d.info.clone())
                     .collect(),
             )),
-            Request::Stats => Ok(Reply::Stats(serde_json::json!({
-                "xenstored": self.xs.stats(),
-                "devices": self.dev.stats(),
-            }))),
+            Request::Stats => Ok(Reply::Stats(self.stats())),
+            Request::WaitClean { timeout_ms } => {
+                let wait = self.dev.wait_stats(|s| s.is_clean());
+                let dur = std::time::Duration::from_millis(timeout_ms.min(600_000));
+                match tokio::time::timeout(dur, wait).await {
+                    Ok(()) => Ok(Reply::Stats(self.stats())),
+                    Err(_) => Err(SimError::Refused(format!(
+                        "still held after {timeout_ms} ms: {}",
+                        super::leaks(&self.stats()).join("; ")
+                    ))),
+                }
+            }
             Request::Shutdown => {
                 self.stop.notify_one();
                 Ok(Reply::Ok)
             }
         };
         result.unwrap_or_else(|e| Reply::Error(e.to_string()))
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "xenstored": self.xs.stats(),
+            "devices": self.dev.stats(),
+        })
     }
 
     async fn serve_control(self: Arc<Self>, stream: UnixStream) {
@@ -208,7 +223,7 @@ impl Host {
                 }
             };
             let reply = match serde_json::from_str::<Request>(&line) {
-                Ok(req) => self.handle(req),
+                Ok(req) => self.handle(req).await,
                 Err(e) => Reply::Error(format!("bad request: {e}")),
             };
             let Ok(mut out) = serde_json::to_vec(&reply) else {

@@ -52,3 +52,27 @@ pub fn default_dir() -> PathBuf {
     }
     std::env::temp_dir().join(format!("xenvt-sim-{}", nix::unistd::geteuid()))
 }
+
+/// What a host's counters (the `stats` reply) show as still held: grants,
+/// mappings, event-channel ports and device connections, per domain. Empty when
+/// every process that used the devices has let go of everything.
+pub fn leaks(stats: &serde_json::Value) -> Vec<String> {
+    let devices: devices::DevicesStats = match stats
+        .get("devices")
+        .cloned()
+        .map(serde_json::from_value)
+    {
+        Some(Ok(d)) => d,
+        _ => return vec!["stats have no readable device counters".into()],
+    };
+    devices
+        .domains
+        .iter()
+        .filter(|(_, d)| {
+            d.grants + d.pages_granted + d.pages_mapped + d.pages_mapped_by_others + d.ports
+                + d.connections
+                > 0
+        })
+        .map(|(id, d)| format!("domain {id}: {d:?}"))
+        .collect()
+}

@@ -17,7 +17,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use nix::sys::stat::Mode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use xenvt_ring::platform::sim::proto::{Refused, RefusedKind, Run, MAX_FDS};
 use xenvt_ring::platform::{DomId, GrantRef, PAGE_SIZE};
@@ -56,7 +56,7 @@ pub const FIRST_REF: GrantRef = 8;
 pub const REF_END: GrantRef = 64 * 512;
 
 /// Counters for one domain, for status displays and leak checks.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainStats {
     /// Grant entries of this domain still in the table (held, or ended but still mapped).
     pub grants: usize,
@@ -77,7 +77,7 @@ pub struct DomainStats {
 }
 
 /// Counters for every domain the device model knows.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DevicesStats {
     /// By domain id.
     pub domains: BTreeMap<DomId, DomainStats>,
