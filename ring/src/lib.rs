@@ -9,7 +9,11 @@
 //! behind the traits in [`platform`]; the ring logic never names a platform.
 
 pub mod error;
+pub mod layout;
+pub mod notify;
 pub mod platform;
+pub mod ring;
+pub mod shm;
 pub mod xenstore;
 
 pub use error::{Error, Result};
