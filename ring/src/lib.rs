@@ -8,6 +8,7 @@
 //! Platform code (real Xen devices, the simulated host, an in-process heap) sits
 //! behind the traits in [`platform`]; the ring logic never names a platform.
 
+pub mod channel;
 pub mod error;
 pub mod layout;
 pub mod notify;
@@ -16,5 +17,6 @@ pub mod ring;
 pub mod shm;
 pub mod xenstore;
 
+pub use channel::{Channel, ChannelConfig, PeerState, Role};
 pub use error::{Error, Result};
 pub use platform::{DomId, EventChannel, GrantRef, Pages, Platform};
