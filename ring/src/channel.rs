@@ -126,7 +126,7 @@ impl Channel {
         ctrl.fill(0, PAGE_SIZE, 0)?;
         ctrl_pages.set_unmap_notify(layout::SRV_LIVE, Some(evt.local_port()))?;
         let mut pages = vec![ctrl_pages];
-        let mut share = |first: usize, count: usize| -> Result<Box<dyn Pages>> {
+        let share = |first: usize, count: usize| -> Result<Box<dyn Pages>> {
             let sp = p.share_pages(peer, count, true)?;
             for (i, r) in sp.grant_refs().iter().enumerate() {
                 ctrl.store_u32(layout::GRANTS + 4 * (first + i), *r, Ordering::Relaxed)?;
@@ -134,14 +134,8 @@ impl Channel {
             Ok(sp)
         };
         let mut ring_pages = Vec::new();
-        let left = ring_view(ctrl, geo.left, geo.left_order, &mut ring_pages, &mut share)?;
-        let right = ring_view(
-            ctrl,
-            geo.right,
-            geo.right_order,
-            &mut ring_pages,
-            &mut share,
-        )?;
+        let left = ring_view(ctrl, geo.left, geo.left_order, &mut ring_pages, share)?;
+        let right = ring_view(ctrl, geo.right, geo.right_order, &mut ring_pages, share)?;
         pages.append(&mut ring_pages);
         ctrl.store_u16(layout::LEFT_ORDER, geo.left_order.into(), Ordering::Relaxed)?;
         ctrl.store_u16(
