@@ -269,6 +269,8 @@ impl AsyncWrite for ChannelStream {
         // Written bytes are already in the ring and the peer was kicked if it asked.
         Poll::Ready(Ok(()))
     }
+    /// Closes the channel. vchan has no half-close: this ends both directions
+    /// (the peer still reads what we wrote, then EOF; we may still drain ours).
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.shared.chan.close();
         Poll::Ready(Ok(()))
@@ -310,8 +312,9 @@ impl AsyncRead for ChannelReader {
     }
 }
 
-/// The writing half of a [`ChannelStream`]. Dropping it closes the channel, like
-/// shutting down a socket's write side (the peer reads what we wrote, then EOF).
+/// The writing half of a [`ChannelStream`]. Dropping or shutting it down closes
+/// the channel, like shutting down a socket's write side (the peer reads what we
+/// wrote, then EOF). vchan has no half-close, so the peer's writes then fail.
 pub struct ChannelWriter {
     shared: Arc<Shared>,
 }
