@@ -147,8 +147,8 @@ proptest! {
                 4 => v.store_u8(20 + (val as usize % 4), val as u8, std::sync::atomic::Ordering::Relaxed).unwrap(),
                 _ => v.store_u16(16 + 2 * (val as usize % 2), val as u16, std::sync::atomic::Ordering::Relaxed).unwrap(),
             }
-            match s.read(&mut buf) { Ok(n) => prop_assert!(n <= 4096), Err(_) => {} }
-            match s.write(&buf) { Ok(n) => prop_assert!(n <= 4096), Err(_) => {} }
+            if let Ok(n) = s.read(&mut buf) { prop_assert!(n <= 4096) }
+            if let Ok(n) = s.write(&buf) { prop_assert!(n <= 4096) }
             let _ = s.prepare_read_wait();
             let _ = s.prepare_write_wait();
             let _ = s.peer_state();
