@@ -361,3 +361,42 @@ impl Drop for ChannelWriter {
         self.shared.chan.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::platform::heap::HeapHost;
+    use crate::ChannelConfig;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Rule 2, deterministically: when one half drains the event fd, a waker the
+    /// other half stored before its re-check is woken. (Fails if the drainer does
+    /// not call `wake_all`.)
+    #[tokio::test]
+    async fn draining_the_event_wakes_the_other_half() {
+        let host = HeapHost::new();
+        let s = Channel::server(&host.domain(1), 0, ChannelConfig::default()).unwrap();
+        let c = Channel::client(&host.domain(0), 1, s.ring_ref(), s.event_port()).unwrap();
+        let st = ChannelStream::new(s).unwrap();
+        let sh = &st.shared;
+        // Wait (without the hub) until the reactor has seen the client's kick.
+        let guard = sh.fd.readable().await.unwrap();
+        drop(guard); // keep the readiness
+                     // The read half stored its waker and is "between re-check and wait".
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        sh.hub.register(READ, &Waker::from(count.clone()));
+        // The write half drains the event.
+        assert!(sh.poll_event().is_ready());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "reader woken");
+        drop(c);
+    }
+}

@@ -14,7 +14,7 @@ use xenvt_ring::shm::ShmView;
 use xenvt_ring::{Channel, ChannelConfig, ChannelStream};
 
 /// Upper bound on any one test: a hang (lost wakeup) fails instead of blocking CI.
-const LIMIT: Duration = Duration::from_secs(60);
+const LIMIT: Duration = Duration::from_secs(20);
 
 fn pair(host: &HeapHost, cfg: ChannelConfig) -> (ChannelStream, ChannelStream) {
     let s = Channel::server(&host.domain(1), 0, cfg).unwrap();
@@ -269,4 +269,61 @@ async fn zero_copy_socket_helpers() {
     assert_eq!(into_ring.await.unwrap(), 8 << 20);
     assert_eq!(out_of_ring.await.unwrap(), 8 << 20);
     assert_eq!((n, hash), (8 << 20, want));
+}
+
+/// The shared-event-fd hazard, provoked: the server's write half is kept busy
+/// draining kicks (the client consumes its data from another thread) while its
+/// read half waits for a single byte the client sends at an arbitrary moment.
+/// If the writer drained the kick meant for the reader while the reader was
+/// between its re-check and its wait, and nothing woke the reader, the reader
+/// would sleep forever once the writer's traffic stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_fd_two_waiting_halves() {
+    let host = HeapHost::new();
+    for round in 0..300u32 {
+        let cfg = ChannelConfig {
+            left_order: 10,
+            right_order: 11,
+        };
+        let s = Channel::server(&host.domain(1), 0, cfg).unwrap();
+        let c = Channel::client(&host.domain(0), 1, s.ring_ref(), s.event_port()).unwrap();
+        let (mut sr, mut sw) = ChannelStream::new(s).unwrap().into_split();
+        const BULK: usize = 24 << 10;
+        let reader = tokio::spawn(async move {
+            let mut b = [0u8; 1];
+            sr.read_exact(&mut b).await.unwrap();
+            (sr, b[0])
+        });
+        let writer = tokio::spawn(async move {
+            sw.write_all(&[3u8; BULK]).await.unwrap();
+            sw
+        });
+        // The client busy-polls on its own thread, so the server tasks get the
+        // kicks at arbitrary points; the single byte goes out mid-transfer.
+        let at = (round as usize * 7919) % BULK;
+        let client = std::thread::spawn(move || {
+            let mut got = 0;
+            let mut sent = false;
+            let mut b = vec![0u8; 4096];
+            while got < BULK {
+                got += c.read(&mut b).unwrap();
+                if !sent && got >= at {
+                    assert_eq!(c.write(&[42]).unwrap(), 1);
+                    sent = true;
+                }
+                std::hint::spin_loop();
+            }
+            if !sent {
+                assert_eq!(c.write(&[42]).unwrap(), 1);
+            }
+            c
+        });
+        let (_sr, byte) = tokio::time::timeout(LIMIT, reader)
+            .await
+            .unwrap_or_else(|_| panic!("reader lost its wakeup in round {round}"))
+            .unwrap();
+        assert_eq!(byte, 42);
+        let _sw = tokio::time::timeout(LIMIT, writer).await.unwrap().unwrap();
+        drop(client.join().unwrap());
+    }
 }
