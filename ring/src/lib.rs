@@ -8,9 +8,18 @@
 //! Platform code (real Xen devices, the simulated host, an in-process heap) sits
 //! behind the traits in [`platform`]; the ring logic never names a platform.
 
+pub mod channel;
 pub mod error;
+pub mod fdio;
+pub mod layout;
+pub mod notify;
 pub mod platform;
+pub mod ring;
+pub mod shm;
+pub mod stream;
 pub mod xenstore;
 
+pub use channel::{Channel, ChannelConfig, PeerState, Role};
 pub use error::{Error, Result};
 pub use platform::{DomId, EventChannel, GrantRef, Pages, Platform};
+pub use stream::{ChannelReader, ChannelStream, ChannelWriter};
