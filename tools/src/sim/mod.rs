@@ -1,1 +1,2 @@
 //! `xenvt sim`: the simulated Xen host.
+pub mod xenstored;
