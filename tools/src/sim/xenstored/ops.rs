@@ -792,7 +792,7 @@ impl State {
             layout.push((format!("{home}/{sub}"), b"1", &ro));
         }
         layout.push((format!("{vm}/name"), name.as_bytes(), &ro));
-        layout.push((format!("{vm}/uuid"), vm[4..].as_bytes(), &ro));
+        layout.push((format!("{vm}/uuid"), &vm.as_bytes()[4..], &ro));
 
         let dom0 = Caller {
             domid: 0,
