@@ -13,6 +13,7 @@ use std::path::PathBuf;
 pub mod control;
 pub mod devices;
 pub mod host;
+pub mod xenstored;
 
 /// The control socket's name inside the host directory.
 pub const CONTROL_SOCKET: &str = "control.sock";

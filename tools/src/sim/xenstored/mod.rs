@@ -1,0 +1,226 @@
+//! The simulated host's xenstored: the real xenstore wire protocol on unix
+//! sockets, modelled on Xen 4.17's C xenstored (permissions, watches,
+//! transactions, quotas, `@introduceDomain`/`@releaseDomain`).
+//!
+//! Each listening socket stands for one domain: every connection accepted on
+//! it acts as that domain, domain 0 being privileged. Clients find the socket
+//! through `XENSTORED_PATH`, which both libxenstore (the `xenstore-*` tools)
+//! and the `xenstore-rs` crate honour.
+//!
+//! Differences from the C daemon, on purpose: no per-domain memory quota or
+//! request-rate limiting (the queue of each connection is bounded instead),
+//! no SET_TARGET or CONTROL, and perm entries naming a dead domain are marked
+//! ignored at release rather than lazily by generation.
+
+mod conn;
+mod ops;
+mod perms;
+mod tree;
+mod txn;
+mod watch;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use tokio::net::UnixListener;
+
+use ops::State;
+
+/// Limits the daemon enforces on unprivileged domains. `Default` gives the
+/// C xenstored's defaults.
+#[derive(Clone, Debug)]
+pub struct XenstoredConfig {
+    /// Nodes a domain may own (`-E`, default 1000).
+    pub nodes_per_domain: usize,
+    /// Watches a domain may hold (`-W`, default 128).
+    pub watches_per_domain: usize,
+    /// Bytes a node record may take: header, perms, value, child names
+    /// (`-S`, default 2048).
+    pub node_size_max: usize,
+    /// Transactions a connection may have open (`-t`, default 10).
+    pub transactions_per_conn: usize,
+    /// Permission entries per node (`-A`, default 5).
+    pub perms_per_node: usize,
+    /// Nodes a transaction may touch (`-Q transaction-nodes`, default 1024).
+    pub transaction_nodes_max: usize,
+    /// Longest path below a domain's home (`-M`, default 2048).
+    pub path_len_max: usize,
+    /// Bytes of replies and events queued for one connection before it is
+    /// dropped as a slow reader.
+    pub out_queue_max: usize,
+}
+
+impl Default for XenstoredConfig {
+    fn default() -> Self {
+        XenstoredConfig {
+            nodes_per_domain: 1000,
+            watches_per_domain: 128,
+            node_size_max: 2048,
+            transactions_per_conn: 10,
+            perms_per_node: 5,
+            transaction_nodes_max: 1024,
+            path_len_max: wire::REL_PATH_MAX,
+            out_queue_max: 256 * 1024,
+        }
+    }
+}
+
+/// Errors of the xenstored control API.
+#[derive(Debug, thiserror::Error)]
+pub enum XenstoredError {
+    /// Domain ids 0 and the reserved range cannot be introduced or released.
+    #[error("invalid domain id {0}")]
+    InvalidDomain(u32),
+    /// The domain was already introduced.
+    #[error("domain {0} is already introduced")]
+    AlreadyIntroduced(u32),
+    /// The domain is not known.
+    #[error("no such domain {0}")]
+    NoSuchDomain(u32),
+    /// The store refused the toolstack's writes.
+    #[error("store error {0}")]
+    Store(&'static str),
+}
+
+/// Counters for one domain.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DomainStats {
+    pub introduced: bool,
+    pub nodes: usize,
+    pub watches: usize,
+    pub transactions: usize,
+    pub connections: usize,
+}
+
+/// Counters for status output and leak checks.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct XenstoredStats {
+    /// Nodes in the store.
+    pub nodes: usize,
+    /// Per domain id (every domain that is known or owns nodes).
+    pub domains: BTreeMap<u32, DomainStats>,
+}
+
+/// First domain id Xen reserves (`DOMID_FIRST_RESERVED`).
+const DOMID_FIRST_RESERVED: u32 = 0x7ff0;
+
+/// The simulated xenstored. Cheap to clone; clones share one store.
+#[derive(Clone)]
+pub struct Xenstored {
+    inner: Arc<Mutex<State>>,
+}
+
+impl Xenstored {
+    /// A store laid out as on a freshly booted dom0: `/tool/xenstored`,
+    /// `/local/domain/0` with `name` "Domain-0" and `domid` "0", `/vm`, `/libxl`.
+    pub fn new(cfg: XenstoredConfig) -> Self {
+        Xenstored {
+            inner: Arc::new(Mutex::new(State::new(cfg))),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves every connection accepted on `listener`; each connection acts
+    /// as domain `domid` (0 is privileged). Returns when the listener fails
+    /// or the domain is released.
+    pub async fn serve(&self, listener: UnixListener, domid: u32) -> std::io::Result<()> {
+        let mut released = self.lock().ensure_domain(domid);
+        loop {
+            tokio::select! {
+                r = listener.accept() => {
+                    let (stream, _) = r?;
+                    tokio::spawn(conn::run(self.clone(), stream, domid));
+                }
+                _ = released.wait_for(|r| *r) => return Ok(()),
+            }
+        }
+    }
+
+    /// What a toolstack does when it creates a domain: `/local/domain/<id>`
+    /// with `name`, `domid`, `vm` and the guest-writable subtrees (`data`,
+    /// `device/suspend/event-channel`, `control/shutdown`...) with libxl's
+    /// permissions, `/vm/<uuid>` and `/libxl/<id>`; then `@introduceDomain`.
+    pub fn introduce_domain(&self, domid: u32, name: &str) -> Result<(), XenstoredError> {
+        if domid == 0 || domid >= DOMID_FIRST_RESERVED {
+            return Err(XenstoredError::InvalidDomain(domid));
+        }
+        let mut s = self.lock();
+        if s.domains.get(&domid).is_some_and(|d| d.introduced) {
+            return Err(XenstoredError::AlreadyIntroduced(domid));
+        }
+        s.introduce_domain(domid, name)
+            .map_err(|e| XenstoredError::Store(e.as_str()))
+    }
+
+    /// The domain died: its home and `/libxl/<id>` are removed, its
+    /// connections closed (with their watches and transactions), nodes it
+    /// still owns deleted, and `@releaseDomain` fired.
+    pub fn release_domain(&self, domid: u32) -> Result<(), XenstoredError> {
+        if domid == 0 || domid >= DOMID_FIRST_RESERVED {
+            return Err(XenstoredError::InvalidDomain(domid));
+        }
+        let mut s = self.lock();
+        if !s.domains.contains_key(&domid) {
+            return Err(XenstoredError::NoSuchDomain(domid));
+        }
+        s.release(domid, true);
+        Ok(())
+    }
+
+    /// Pids of the processes connected as `domid` (from SO_PEERCRED).
+    pub fn pids(&self, domid: u32) -> Vec<i32> {
+        let s = self.lock();
+        let mut v: Vec<i32> = s
+            .conns
+            .values()
+            .filter(|c| c.domid == domid)
+            .filter_map(|c| c.pid)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> XenstoredStats {
+        let s = self.lock();
+        let mut domains: BTreeMap<u32, DomainStats> = BTreeMap::new();
+        for (&d, dom) in &s.domains {
+            domains.entry(d).or_default().introduced = dom.introduced;
+        }
+        for (&d, &n) in s.tree.owner_counts() {
+            domains.entry(d).or_default().nodes = n;
+        }
+        for c in s.conns.values() {
+            let e = domains.entry(c.domid).or_default();
+            e.connections += 1;
+            e.watches += c.watches.len();
+            e.transactions += c.txns.len();
+        }
+        XenstoredStats {
+            nodes: s.tree.len(),
+            domains,
+        }
+    }
+
+    fn register_conn(&self, domid: u32, pid: Option<i32>) -> Option<(u64, Arc<conn::Outbox>)> {
+        self.lock().add_conn(domid, pid)
+    }
+
+    fn handle(&self, id: u64, frame: wire::Frame) {
+        self.lock().handle(id, frame);
+    }
+
+    fn drop_conn(&self, id: u64) {
+        self.lock().drop_conn(id);
+    }
+
+    fn bad_input(&self, id: u64, domid: u32, what: std::fmt::Arguments<'_>) {
+        self.lock().bad_input(id, domid, what);
+    }
+}
