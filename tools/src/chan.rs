@@ -13,6 +13,8 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use xenvt_ring::ChannelStream;
+
 use crate::pattern::{Checker, Source};
 
 /// Arguments of `xenvt chan`.
@@ -50,7 +52,8 @@ enum Mode {
         #[arg(long, default_value_t = 16)]
         order: u8,
     },
-    /// Map the channel that domain `--peer` published at xenstore `--path`.
+    /// Map the channel that domain `--peer` published at xenstore `--path`. Prints
+    /// `connected` once mapped.
     Connect {
         #[arg(long)]
         path: String,
@@ -80,7 +83,11 @@ pub async fn run(a: ChanArgs) -> anyhow::Result<()> {
             println!("ready");
             s
         }
-        Mode::Connect { path, peer } => connect(path, *peer).await?,
+        Mode::Connect { path, peer } => {
+            let s = connect(path, *peer).await?;
+            println!("connected");
+            s
+        }
     };
     let report = transfer(s, &a).await?;
     println!("{}", serde_json::to_string(&report)?);
@@ -131,7 +138,10 @@ async fn transfer<S: AsyncRead + AsyncWrite + Send + 'static>(
     let (wr, chk) = tokio::try_join!(sender, receiver)?;
     drop(wr);
     let received = chk.count();
-    ensure!(want.is_none_or(|w| w == received), "received {received} bytes");
+    ensure!(
+        want.is_none_or(|w| w == received),
+        "received {received} bytes"
+    );
     Ok(ChanReport {
         sent: a.send,
         received,
@@ -141,11 +151,7 @@ async fn transfer<S: AsyncRead + AsyncWrite + Send + 'static>(
 }
 
 /// Grants a channel to `peer` and publishes it at `path`; returns the stream.
-pub async fn serve(
-    path: &str,
-    peer: u16,
-    order: u8,
-) -> anyhow::Result<impl AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+pub async fn serve(path: &str, peer: u16, order: u8) -> anyhow::Result<ChannelStream> {
     let platform = xenvt_ring::platform::from_env()?;
     let xs = xenvt_ring::xenstore::XsClient::connect().await?;
     let cfg = xenvt_ring::ChannelConfig {
@@ -155,18 +161,15 @@ pub async fn serve(
     let ch = xenvt_ring::Channel::serve_xs(&*platform, &xs, peer, path, cfg)
         .await
         .with_context(|| format!("serve a channel at {path}"))?;
-    Ok(xenvt_ring::ChannelStream::new(ch)?)
+    Ok(ChannelStream::new(ch)?)
 }
 
 /// Maps the channel `peer` published at `path`; returns the stream.
-pub async fn connect(
-    path: &str,
-    peer: u16,
-) -> anyhow::Result<impl AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+pub async fn connect(path: &str, peer: u16) -> anyhow::Result<ChannelStream> {
     let platform = xenvt_ring::platform::from_env()?;
     let xs = xenvt_ring::xenstore::XsClient::connect().await?;
     let ch = xenvt_ring::Channel::connect_xs(&*platform, &xs, peer, path)
         .await
         .with_context(|| format!("connect to the channel at {path}"))?;
-    Ok(xenvt_ring::ChannelStream::new(ch)?)
+    Ok(ChannelStream::new(ch)?)
 }

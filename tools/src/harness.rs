@@ -121,7 +121,9 @@ impl SimHost {
         }
         let status = self.child.wait().await?;
         if !status.success() {
-            return Err(SimError::Refused(format!("simulated host exited with {status}")));
+            return Err(SimError::Refused(format!(
+                "simulated host exited with {status}"
+            )));
         }
         Ok(())
     }

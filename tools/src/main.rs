@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use xenvt::sim::control::{DomainRef, Reply, Request};
 
 #[derive(Parser)]
-#[command(name = "xenvt", version, about = "xenvt: Xen guest consoles and desktops over shared memory")]
+#[command(
+    name = "xenvt",
+    version,
+    about = "xenvt: Xen guest consoles and desktops over shared memory"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -61,8 +61,24 @@ pub async fn run(a: SmokeArgs) -> anyhow::Result<()> {
     let path = format!("/local/domain/{}/data/xenvt-smoke", dom.id);
     let d0 = host
         .xenvt_in(&dom0)
-        .args(["chan", "connect", "--path", &path, "--peer", &dom.id.to_string()])
-        .args(["--send", &n, "--recv", &n, "--send-seed", "2", "--recv-seed", "1"])
+        .args([
+            "chan",
+            "connect",
+            "--path",
+            &path,
+            "--peer",
+            &dom.id.to_string(),
+        ])
+        .args([
+            "--send",
+            &n,
+            "--recv",
+            &n,
+            "--send-seed",
+            "2",
+            "--recv-seed",
+            "1",
+        ])
         .output()
         .await?;
     ensure!(d0.status.success(), "dom0 end failed: {}", d0.status);

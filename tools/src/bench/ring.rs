@@ -13,7 +13,7 @@ use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-use super::{median, rate, ratio, PeerReport};
+use super::{rate, ratio, PeerReport};
 use crate::harness::SimHost;
 
 /// Arguments of `xenvt bench ring`.
@@ -29,7 +29,7 @@ pub struct RingArgs {
     #[arg(long, default_value_t = 64 << 10)]
     chunk: usize,
     /// Ring order of the channel, both directions (10..=20).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 20)]
     order: u8,
     /// Repetitions of each throughput run; the best is kept.
     #[arg(long)]
@@ -51,16 +51,29 @@ pub async fn run(a: RingArgs) -> anyhow::Result<()> {
         a.order
     );
 
-    let memcpy = (0..reps.max(3))
-        .map(|_| memcpy_secs(bytes, a.chunk))
-        .fold(f64::INFINITY, f64::min);
-    println!("memcpy        {:>12}", rate(bytes, memcpy));
+    anyhow::ensure!((10..=20).contains(&a.order), "--order must be 10..=20");
+    let ring_size = 1usize << a.order;
+    let best = |f: &dyn Fn() -> f64| (0..reps.max(3)).map(|_| f()).fold(f64::INFINITY, f64::min);
+    let memcpy = best(&|| memcpy_secs(bytes, a.chunk, ring_size));
+    let memcpy_hot = best(&|| memcpy_secs(bytes, a.chunk, a.chunk));
+    println!(
+        "memcpy        {:>12}  (into a ring-sized buffer: the baseline)",
+        rate(bytes, memcpy)
+    );
+    println!(
+        "memcpy        {:>12}  (one buffer, in cache: for reference)",
+        rate(bytes, memcpy_hot)
+    );
 
     let tmp = tempfile::Builder::new().prefix("xenvt-bench-").tempdir()?;
     let sock = tmp.path().join("bench.sock");
     let mut unix = f64::INFINITY;
     for _ in 0..reps {
-        unix = unix.min(unix_run(&exe, &sock, "sink", "source", bytes, a.chunk, 0).await?.secs);
+        unix = unix.min(
+            unix_run(&exe, &sock, "sink", "source", bytes, a.chunk, 0)
+                .await?
+                .secs,
+        );
     }
     println!("unix socket   {:>12}", rate(bytes, unix));
     let unix_rtt = unix_run(&exe, &sock, "echo", "ping", 0, 1, round_trips)
@@ -72,14 +85,34 @@ pub async fn run(a: RingArgs) -> anyhow::Result<()> {
     let dom0 = host.dom0().await?;
     let mut chan = f64::INFINITY;
     for i in 0..reps {
-        let r = chan_run(&host, &dom, &dom0, &format!("data/bench{i}"), &a, "sink", "source", bytes, 0)
-            .await?;
+        let r = chan_run(
+            &host,
+            &dom,
+            &dom0,
+            &format!("data/bench{i}"),
+            &a,
+            "sink",
+            "source",
+            bytes,
+            0,
+        )
+        .await?;
         chan = chan.min(r.secs);
     }
     println!("channel       {:>12}", rate(bytes, chan));
-    let chan_rtt = chan_run(&host, &dom, &dom0, "data/ping", &a, "echo", "ping", 0, round_trips)
-        .await?
-        .rtt_median_us;
+    let chan_rtt = chan_run(
+        &host,
+        &dom,
+        &dom0,
+        "data/ping",
+        &a,
+        "echo",
+        "ping",
+        0,
+        round_trips,
+    )
+    .await?
+    .rtt_median_us;
     println!("rtt unix      {unix_rtt:>9.1} us");
     println!("rtt channel   {chan_rtt:>9.1} us");
     host.stop().await?;
@@ -91,26 +124,40 @@ pub async fn run(a: RingArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seconds to copy `bytes` in `chunk`-sized memcpys between two private buffers.
-fn memcpy_secs(bytes: u64, chunk: usize) -> f64 {
+/// Seconds for one thread to copy `bytes` in `chunk`-sized memcpys from a private
+/// buffer into a `dst_size` buffer, going round it: the copy a channel writer does,
+/// without the channel. With `dst_size == chunk` the copy never leaves the cache.
+fn memcpy_secs(bytes: u64, chunk: usize, dst_size: usize) -> f64 {
     let src = vec![0x5au8; chunk];
-    let mut dst = vec![0u8; chunk];
+    let mut dst = vec![0u8; dst_size.max(chunk)];
     let start = Instant::now();
-    let mut left = bytes;
+    let (mut left, mut at) = (bytes, 0usize);
     while left > 0 {
         let n = left.min(chunk as u64) as usize;
-        dst[..n].copy_from_slice(black_box(&src[..n]));
+        if at + n > dst.len() {
+            at = 0;
+        }
+        dst[at..at + n].copy_from_slice(black_box(&src[..n]));
         black_box(&mut dst);
+        at += n;
         left -= n as u64;
     }
     start.elapsed().as_secs_f64()
 }
 
 fn peer_cmd(mut c: Command, role: &str, transport: &str, path: &Path) -> Command {
-    c.args(["bench", "peer", "--role", role, "--transport", transport, "--path"])
-        .arg(path)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
+    c.args([
+        "bench",
+        "peer",
+        "--role",
+        role,
+        "--transport",
+        transport,
+        "--path",
+    ])
+    .arg(path)
+    .stdout(Stdio::piped())
+    .kill_on_drop(true);
     c
 }
 
@@ -127,9 +174,16 @@ async fn start_listener(mut c: Command) -> anyhow::Result<(Child, Lines<BufReade
 /// Runs a measuring peer to completion and returns its report.
 async fn measure(mut c: Command) -> anyhow::Result<PeerReport> {
     let out = c.output().await?;
-    anyhow::ensure!(out.status.success(), "benchmark peer failed: {}", out.status);
+    anyhow::ensure!(
+        out.status.success(),
+        "benchmark peer failed: {}",
+        out.status
+    );
     let line = String::from_utf8_lossy(&out.stdout);
-    let line = line.lines().last().context("benchmark peer printed nothing")?;
+    let line = line
+        .lines()
+        .last()
+        .context("benchmark peer printed nothing")?;
     Ok(serde_json::from_str(line)?)
 }
 
@@ -144,12 +198,29 @@ async fn unix_run(
     round_trips: u64,
 ) -> anyhow::Result<PeerReport> {
     let sizes = |mut c: Command| {
-        c.args(["--bytes", &bytes.to_string(), "--chunk", &chunk.max(1).to_string()])
-            .args(["--round-trips", &round_trips.to_string()]);
+        c.args([
+            "--bytes",
+            &bytes.to_string(),
+            "--chunk",
+            &chunk.max(1).to_string(),
+        ])
+        .args(["--round-trips", &round_trips.to_string()]);
         c
     };
-    let (mut l, _lines) = start_listener(sizes(peer_cmd(Command::new(exe), listen_role, "unix", sock))).await?;
-    let r = measure(sizes(peer_cmd(Command::new(exe), connect_role, "unix", sock))).await?;
+    let (mut l, _lines) = start_listener(sizes(peer_cmd(
+        Command::new(exe),
+        listen_role,
+        "unix",
+        sock,
+    )))
+    .await?;
+    let r = measure(sizes(peer_cmd(
+        Command::new(exe),
+        connect_role,
+        "unix",
+        sock,
+    )))
+    .await?;
     l.wait().await?;
     Ok(r)
 }
@@ -167,9 +238,14 @@ async fn chan_run(
     round_trips: u64,
 ) -> anyhow::Result<PeerReport> {
     let sizes = |mut c: Command| {
-        c.args(["--bytes", &bytes.to_string(), "--chunk", &a.chunk.to_string()])
-            .args(["--round-trips", &round_trips.to_string()])
-            .args(["--order", &a.order.to_string()]);
+        c.args([
+            "--bytes",
+            &bytes.to_string(),
+            "--chunk",
+            &a.chunk.to_string(),
+        ])
+        .args(["--round-trips", &round_trips.to_string()])
+        .args(["--order", &a.order.to_string()]);
         c
     };
     // The guest serves (grants), dom0 maps: the direction xenvt's agent and backend use.

@@ -58,19 +58,20 @@ pub fn default_dir() -> PathBuf {
 /// mappings, event-channel ports and device connections, per domain. Empty when
 /// every process that used the devices has let go of everything.
 pub fn leaks(stats: &serde_json::Value) -> Vec<String> {
-    let devices: devices::DevicesStats = match stats
-        .get("devices")
-        .cloned()
-        .map(serde_json::from_value)
-    {
-        Some(Ok(d)) => d,
-        _ => return vec!["stats have no readable device counters".into()],
-    };
+    let devices: devices::DevicesStats =
+        match stats.get("devices").cloned().map(serde_json::from_value) {
+            Some(Ok(d)) => d,
+            _ => return vec!["stats have no readable device counters".into()],
+        };
     devices
         .domains
         .iter()
         .filter(|(_, d)| {
-            d.grants + d.pages_granted + d.pages_mapped + d.pages_mapped_by_others + d.ports
+            d.grants
+                + d.pages_granted
+                + d.pages_mapped
+                + d.pages_mapped_by_others
+                + d.ports
                 + d.connections
                 > 0
         })

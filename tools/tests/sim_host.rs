@@ -1,0 +1,260 @@
+//! The simulated host as a whole, driven through the real `xenvt` binary: domain
+//! life cycle, process membership, channel transfers between processes in
+//! different domains, death of a peer, and a clean exit.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use xenvt::harness::SimHost;
+use xenvt::sim::control::{DomainRef, Reply, Request};
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_xenvt"))
+}
+
+/// Upper bound for things that should happen at once; only a failure waits this long.
+const PROMPT: Duration = Duration::from_secs(10);
+
+async fn xenvt(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(exe())
+        .arg("sim")
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cli_creates_lists_and_destroys_domains() {
+    let host = SimHost::start(exe(), &[]).await.unwrap();
+    let dir = host.dir();
+    let out = xenvt(&dir, &["create", "vm1"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let id: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(id > 0);
+    let dup = xenvt(&dir, &["create", "vm1"]).await;
+    assert!(!dup.status.success(), "a second vm1 was created");
+    let bad = xenvt(&dir, &["create", "../evil"]).await;
+    assert!(!bad.status.success(), "a bad name was accepted");
+
+    let list = String::from_utf8(xenvt(&dir, &["list"]).await.stdout).unwrap();
+    assert!(list.contains("Domain-0") && list.contains("vm1"), "{list}");
+
+    // A real xenstore client inside the guest sees its own domain path.
+    let out = xenvt(&dir, &["exec", "vm1", "--", "xenstore-read", "name"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "vm1");
+
+    assert!(xenvt(&dir, &["destroy", "vm1"]).await.status.success());
+    let list = String::from_utf8(xenvt(&dir, &["list"]).await.stdout).unwrap();
+    assert!(!list.contains("vm1"), "{list}");
+    assert!(
+        !dir.join(format!("dom{id}")).exists(),
+        "sockets left behind"
+    );
+    host.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn destroy_kills_the_domains_processes_and_fires_release_domain() {
+    let host = SimHost::start(exe(), &[]).await.unwrap();
+    let dom = host.create("doomed").await.unwrap();
+    let dom0 = host.dom0().await.unwrap();
+
+    // A guest process that holds a xenstore connection (so it is a member).
+    let mut guest = Command::new("xenstore-watch")
+        .arg("data")
+        .envs(xenvt::harness::env_for(&dom))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut glines = BufReader::new(guest.stdout.take().unwrap()).lines();
+    // The first event fires at registration: the watch (and connection) exists.
+    tokio::time::timeout(PROMPT, glines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // dom0 watches @releaseDomain.
+    let mut watcher = Command::new("xenstore-watch")
+        .arg("@releaseDomain")
+        .envs(xenvt::harness::env_for(&dom0))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut wlines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+    tokio::time::timeout(PROMPT, wlines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let reply = host
+        .client()
+        .await
+        .unwrap()
+        .call(&Request::Destroy {
+            domain: DomainRef::Name("doomed".into()),
+            keep_processes: false,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(reply, Reply::Ok));
+
+    let ev = tokio::time::timeout(PROMPT, wlines.next_line())
+        .await
+        .expect("no @releaseDomain event")
+        .unwrap();
+    assert_eq!(ev.as_deref(), Some("@releaseDomain"));
+    let status = tokio::time::timeout(PROMPT, guest.wait())
+        .await
+        .expect("guest process survived its domain")
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    host.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn control_socket_survives_garbage() {
+    let host = SimHost::start(exe(), &[]).await.unwrap();
+    let mut raw = tokio::net::UnixStream::connect(host.dir().join("control.sock"))
+        .await
+        .unwrap();
+    raw.write_all(b"{\"op\":\"no_such_op\"}\nnot json at all\n")
+        .await
+        .unwrap();
+    let mut r = BufReader::new(raw);
+    for _ in 0..2 {
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        assert!(line.contains("error"), "{line}");
+    }
+    // A line longer than the limit closes that connection only.
+    let mut raw = tokio::net::UnixStream::connect(host.dir().join("control.sock"))
+        .await
+        .unwrap();
+    let big = vec![b'x'; xenvt::sim::control::MAX_LINE + 10];
+    let _ = raw.write_all(&big).await;
+    let mut sink = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut sink).await;
+    // The host still serves.
+    host.create("still-here").await.unwrap();
+    host.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_host_and_removes_its_sockets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("host");
+    let mut child = Command::new(exe())
+        .args(["sim", "run", "--dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines
+        .next_line()
+        .await
+        .unwrap()
+        .unwrap()
+        .starts_with("ready"));
+    assert!(xenvt(&dir, &["create", "vm1"]).await.status.success());
+    // A second host in the same directory is refused.
+    let second = xenvt(&dir, &["run"]).await;
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already runs"));
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(PROMPT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!dir.exists(), "host directory left behind");
+}
+
+/// Both ends of a channel in separate processes of separate domains, with the
+/// serving guest reading until dom0 closes (exact end of stream).
+#[tokio::test]
+async fn channel_between_domains_is_exact_and_leaves_nothing_behind() {
+    let out = Command::new(exe())
+        .args([
+            "smoke",
+            "--bytes",
+            &(8u64 << 20).to_string(),
+            "--order",
+            "12",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// kill -9 of the guest end mid-transfer: the kernel-like unmap-notify clears
+/// its live byte and kicks dom0, whose end reports the early close promptly
+/// instead of hanging.
+#[tokio::test]
+async fn peer_death_mid_transfer_is_seen_promptly() {
+    let host = SimHost::start(exe(), &[]).await.unwrap();
+    let dom = host.create("victim").await.unwrap();
+    let dom0 = host.dom0().await.unwrap();
+    let mut guest = host.xenvt_in(&dom);
+    guest
+        .args([
+            "chan", "serve", "--path", "data/x", "--peer", "0", "--order", "12",
+        ])
+        .args(["--send", &(1u64 << 40).to_string(), "--recv", "0"])
+        .stdout(Stdio::piped());
+    let mut guest = guest.spawn().unwrap();
+    let mut glines = BufReader::new(guest.stdout.take().unwrap()).lines();
+    assert_eq!(glines.next_line().await.unwrap().as_deref(), Some("ready"));
+
+    let path = format!("/local/domain/{}/data/x", dom.id);
+    let mut d0 = host.xenvt_in(&dom0);
+    d0.args([
+        "chan",
+        "connect",
+        "--path",
+        &path,
+        "--peer",
+        &dom.id.to_string(),
+    ])
+    .args(["--recv", &(1u64 << 40).to_string(), "--recv-seed", "1"])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut d0 = d0.spawn().unwrap();
+    let mut dlines = BufReader::new(d0.stdout.take().unwrap()).lines();
+    assert_eq!(
+        dlines.next_line().await.unwrap().as_deref(),
+        Some("connected")
+    );
+    guest.start_kill().unwrap();
+    let out = tokio::time::timeout(PROMPT, d0.wait_with_output())
+        .await
+        .expect("dom0 end hung after its peer died")
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("peer closed after"), "{err}");
+    host.wait_clean(10_000).await.unwrap();
+    host.stop().await.unwrap();
+}
