@@ -50,6 +50,10 @@ pub struct XenstoredConfig {
     /// Bytes of replies and events queued for one connection before it is
     /// dropped as a slow reader.
     pub out_queue_max: usize,
+    /// Connections an unprivileged domain may hold at once (a real domain
+    /// has one ring; here a guest is a set of processes). Extra ones are
+    /// closed on accept.
+    pub conns_per_domain: usize,
 }
 
 impl Default for XenstoredConfig {
@@ -63,6 +67,7 @@ impl Default for XenstoredConfig {
             transaction_nodes_max: 1024,
             path_len_max: wire::REL_PATH_MAX,
             out_queue_max: 256 * 1024,
+            conns_per_domain: 64,
         }
     }
 }

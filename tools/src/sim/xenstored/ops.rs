@@ -186,6 +186,12 @@ impl State {
         if *d.released.borrow() {
             return None;
         }
+        if domid != 0
+            && self.conns.values().filter(|c| c.domid == domid).count() >= self.cfg.conns_per_domain
+        {
+            self.bad_input(0, domid, format_args!("too many connections, refusing one"));
+            return None;
+        }
         let id = self.next_conn;
         self.next_conn += 1;
         let outbox = Outbox::new(self.cfg.out_queue_max);
@@ -1157,7 +1163,7 @@ mod tests {
         assert_eq!(s.tree.owned_by(5), 0);
         assert!(s.tree.get("/local/domain/5").is_none());
         assert!(s.tree.get("/shared").unwrap().perms.entries()[1].ignore);
-        assert!(s.conns.get(&g).is_none());
+        assert!(!s.conns.contains_key(&g));
         check_tree(&s);
     }
 
