@@ -8,9 +8,10 @@
 //! and the `xenstore-rs` crate honour.
 //!
 //! Differences from the C daemon, on purpose: no per-domain memory quota or
-//! request-rate limiting (the queue of each connection is bounded instead),
-//! no SET_TARGET or CONTROL, and perm entries naming a dead domain are marked
-//! ignored at release rather than lazily by generation.
+//! request-rate limiting (the outgoing queue of each connection and the
+//! number of connections per guest are bounded instead), no SET_TARGET or
+//! CONTROL, and perm entries naming a dead domain are marked ignored at
+//! release rather than lazily by generation.
 
 mod conn;
 mod ops;
