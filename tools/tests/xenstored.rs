@@ -533,6 +533,7 @@ async fn quotas() {
         nodes_per_domain: 20,
         watches_per_domain: 3,
         transactions_per_conn: 2,
+        conns_per_domain: 2,
         ..XenstoredConfig::default()
     };
     let sim = Sim::new(cfg);
@@ -588,6 +589,12 @@ async fn quotas() {
         g.start().await;
     }
     assert_eq!(g.err(MsgType::TransactionStart, 0, b"\0").await, "ENOSPC");
+
+    // Connections per guest: the third is closed at once.
+    let mut g2 = Raw::connect(&sim.sock(5)).await;
+    assert_eq!(g2.read(0, "name").await, Ok("g".into()));
+    let mut g3 = Raw::connect(&sim.sock(5)).await;
+    assert_eq!(g3.drain().await, 0);
 
     // Path length below the home, and permission entries per node.
     let long = format!("data/{}\0v", "a".repeat(2100));

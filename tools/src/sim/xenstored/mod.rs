@@ -8,9 +8,10 @@
 //! and the `xenstore-rs` crate honour.
 //!
 //! Differences from the C daemon, on purpose: no per-domain memory quota or
-//! request-rate limiting (the queue of each connection is bounded instead),
-//! no SET_TARGET or CONTROL, and perm entries naming a dead domain are marked
-//! ignored at release rather than lazily by generation.
+//! request-rate limiting (the outgoing queue of each connection and the
+//! number of connections per guest are bounded instead), no SET_TARGET or
+//! CONTROL, and perm entries naming a dead domain are marked ignored at
+//! release rather than lazily by generation.
 
 mod conn;
 mod ops;
@@ -50,6 +51,10 @@ pub struct XenstoredConfig {
     /// Bytes of replies and events queued for one connection before it is
     /// dropped as a slow reader.
     pub out_queue_max: usize,
+    /// Connections an unprivileged domain may hold at once (a real domain
+    /// has one ring; here a guest is a set of processes). Extra ones are
+    /// closed on accept.
+    pub conns_per_domain: usize,
 }
 
 impl Default for XenstoredConfig {
@@ -63,6 +68,7 @@ impl Default for XenstoredConfig {
             transaction_nodes_max: 1024,
             path_len_max: wire::REL_PATH_MAX,
             out_queue_max: 256 * 1024,
+            conns_per_domain: 64,
         }
     }
 }

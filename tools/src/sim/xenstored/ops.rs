@@ -186,6 +186,12 @@ impl State {
         if *d.released.borrow() {
             return None;
         }
+        if domid != 0
+            && self.conns.values().filter(|c| c.domid == domid).count() >= self.cfg.conns_per_domain
+        {
+            self.bad_input(0, domid, format_args!("too many connections, refusing one"));
+            return None;
+        }
         let id = self.next_conn;
         self.next_conn += 1;
         let outbox = Outbox::new(self.cfg.out_queue_max);
@@ -1042,4 +1048,130 @@ fn child_bytes(n: &Node) -> Vec<u8> {
         out.push(0);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn state() -> (State, u64, u64) {
+        let cfg = XenstoredConfig {
+            nodes_per_domain: 40,
+            out_queue_max: 1 << 30,
+            ..XenstoredConfig::default()
+        };
+        let mut s = State::new(cfg);
+        s.introduce_domain(5, "g").unwrap();
+        let (g, _) = s.add_conn(5, None).unwrap();
+        let (d, _) = s.add_conn(0, None).unwrap();
+        (s, g, d)
+    }
+
+    /// Every child listed exists, every node is listed by its parent, and
+    /// owner counts match the nodes.
+    fn check_tree(s: &State) {
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for p in s.tree.paths() {
+            let n = s.tree.get(&p).unwrap();
+            *counts.entry(n.perms.owner()).or_default() += 1;
+            for c in &n.children {
+                assert!(s.tree.get(&tree::child(&p, c)).is_some(), "{p}/{c}");
+            }
+            if p != "/" {
+                let parent = s.tree.get(tree::parent(&p)).expect("parent exists");
+                assert!(
+                    parent.children.iter().any(|c| c == tree::basename(&p)),
+                    "{p}"
+                );
+            }
+        }
+        assert_eq!(&counts, s.tree.owner_counts());
+    }
+
+    fn frame(ty: u32, tx: u32, payload: Vec<u8>) -> Frame {
+        Frame {
+            header: wire::Header {
+                ty,
+                req_id: 1,
+                tx_id: tx,
+                len: payload.len() as u32,
+            },
+            payload,
+        }
+    }
+
+    fn path_strategy() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop::sample::select(vec!["a", "b", "data", "@x", "c"]),
+            0..4,
+        )
+        .prop_flat_map(|parts| {
+            prop::sample::select(vec!["", "/", "/local/domain/5/", "/local/domain/0/"])
+                .prop_map(move |pre| format!("{pre}{}", parts.join("/")))
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(
+            reqs in prop::collection::vec(
+                (0u32..30, 0u32..4, prop::collection::vec(any::<u8>(), 0..64)), 1..40)
+        ) {
+            let (mut s, g, d) = state();
+            for (i, (ty, tx, p)) in reqs.into_iter().enumerate() {
+                s.handle(if i % 2 == 0 { g } else { d }, frame(ty, tx, p));
+            }
+            check_tree(&s);
+        }
+
+        #[test]
+        fn random_requests_keep_the_tree_consistent(
+            reqs in prop::collection::vec(
+                (prop::sample::select(vec![1u32, 2, 3, 4, 5, 6, 7, 11, 12, 13, 14, 21, 22]),
+                 0u32..3, path_strategy(), prop::sample::select(vec!["", "v", "T", "F", "n5", "r0", "b5"]),
+                 any::<bool>()), 1..60)
+        ) {
+            let (mut s, g, d) = state();
+            for (ty, tx, path, arg, guest) in reqs {
+                let payload = match ty {
+                    11 => format!("{path}\0{arg}").into_bytes(),
+                    14 => format!("{path}\0{arg}\0").into_bytes(),
+                    4 | 5 => format!("{path}\0tok\0").into_bytes(),
+                    6 => b"\0".to_vec(),
+                    7 => format!("{arg}\0").into_bytes(),
+                    22 => format!("{path}\00\0").into_bytes(),
+                    _ => format!("{path}\0").into_bytes(),
+                };
+                s.handle(if guest { g } else { d }, frame(ty, tx, payload));
+                check_tree(&s);
+            }
+        }
+    }
+
+    #[test]
+    fn release_removes_orphans_and_grants() {
+        let (mut s, g, d) = state();
+        s.handle(g, frame(MsgType::Write as u32, 0, b"data/x\0v".to_vec()));
+        assert!(s.tree.owned_by(5) > 0);
+        s.handle(d, frame(MsgType::Write as u32, 0, b"/shared\0v".to_vec()));
+        s.handle(
+            d,
+            frame(MsgType::SetPerms as u32, 0, b"/shared\0n0\0r5\0".to_vec()),
+        );
+        s.release(5, true);
+        assert_eq!(s.tree.owned_by(5), 0);
+        assert!(s.tree.get("/local/domain/5").is_none());
+        assert!(s.tree.get("/shared").unwrap().perms.entries()[1].ignore);
+        assert!(!s.conns.contains_key(&g));
+        check_tree(&s);
+    }
+
+    #[test]
+    fn atoi_like_c() {
+        assert_eq!(atoi("12"), 12);
+        assert_eq!(atoi(" 7x"), 7);
+        assert_eq!(atoi("x"), 0);
+        assert_eq!(atoi("-1"), u32::MAX);
+    }
 }
