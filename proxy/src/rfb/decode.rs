@@ -120,7 +120,12 @@ pub enum ServerEvent {
 const ZCHUNK: usize = 32 * 1024;
 
 /// Inflates all of `input` into `out`, failing if the output would pass `max` bytes.
-fn inflate_bounded(d: &mut Decompress, mut input: &[u8], out: &mut Vec<u8>, max: usize) -> Result<()> {
+fn inflate_bounded(
+    d: &mut Decompress,
+    mut input: &[u8],
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Result<()> {
     let mut tmp = vec![0u8; ZCHUNK];
     loop {
         let room = (max - out.len()).saturating_add(1).min(ZCHUNK);
@@ -218,7 +223,9 @@ impl ClientDecoder {
     fn check_pf(pf: &PixelFormat) -> Result<()> {
         pf.validate()?;
         if !pf.true_colour {
-            return Err(Error::PixelFormat("our client side decodes true colour only"));
+            return Err(Error::PixelFormat(
+                "our client side decodes true colour only",
+            ));
         }
         Ok(())
     }
@@ -319,7 +326,11 @@ impl ClientDecoder {
                 let flags = r.u32()?;
                 let len = r.u8()?;
                 if usize::from(len) > MAX_FENCE_PAYLOAD {
-                    return Err(too_large("Fence payload", len.into(), MAX_FENCE_PAYLOAD as u64));
+                    return Err(too_large(
+                        "Fence payload",
+                        len.into(),
+                        MAX_FENCE_PAYLOAD as u64,
+                    ));
                 }
                 ServerEvent::Fence {
                     flags,
@@ -414,7 +425,10 @@ impl ClientDecoder {
                         hot_y: rect.y,
                         width: rect.w,
                         height: rect.h,
-                        pixels: px.chunks_exact(self.px.bpp).map(|c| self.px.read(c)).collect(),
+                        pixels: px
+                            .chunks_exact(self.px.bpp)
+                            .map(|c| self.px.read(c))
+                            .collect(),
                         mask: mask.to_vec(),
                     },
                     false,
@@ -428,7 +442,10 @@ impl ClientDecoder {
                 let n = rect.area() * self.px.bpp;
                 self.check_bytes(n)?;
                 let b = r.bytes(n)?;
-                let px: Vec<u32> = b.chunks_exact(self.px.bpp).map(|c| self.px.read(c)).collect();
+                let px: Vec<u32> = b
+                    .chunks_exact(self.px.bpp)
+                    .map(|c| self.px.read(c))
+                    .collect();
                 self.fb.put_rect(&rect, &px)?;
             }
             encoding::COPY_RECT => {
@@ -453,7 +470,10 @@ impl ClientDecoder {
                 if raw.len() != want {
                     return Err(Error::Zlib("short Zlib rectangle").into());
                 }
-                let px: Vec<u32> = raw.chunks_exact(self.px.bpp).map(|c| self.px.read(c)).collect();
+                let px: Vec<u32> = raw
+                    .chunks_exact(self.px.bpp)
+                    .map(|c| self.px.read(c))
+                    .collect();
                 self.fb.put_rect(&rect, &px)?;
             }
             encoding::ZRLE => {
@@ -609,7 +629,8 @@ impl ClientDecoder {
                             for x in 0..usize::from(tw) {
                                 let bit = x * bits;
                                 let byte = b[y * row + bit / 8];
-                                let idx = usize::from(byte >> (8 - bits - bit % 8)) & ((1 << bits) - 1);
+                                let idx =
+                                    usize::from(byte >> (8 - bits - bit % 8)) & ((1 << bits) - 1);
                                 if idx >= size {
                                     return Err(Error::Malformed("ZRLE palette index"));
                                 }
@@ -774,7 +795,11 @@ impl ClientDecoder {
         } else {
             (
                 [pf.red_max.into(), pf.green_max.into(), pf.blue_max.into()],
-                [pf.red_shift.into(), pf.green_shift.into(), pf.blue_shift.into()],
+                [
+                    pf.red_shift.into(),
+                    pf.green_shift.into(),
+                    pf.blue_shift.into(),
+                ],
             )
         };
         let tps = if t888 { 3 } else { self.px.bpp };
@@ -855,7 +880,8 @@ fn decode_jpeg(data: &[u8], rect: &Rect) -> Result<Vec<u32>> {
             return Err(Error::Jpeg("image size differs from the rectangle".into()));
         }
         let mut out = vec![0u8; w * h * 3];
-        d.decode_into(&mut out).map_err(|e| Error::Jpeg(e.to_string()))?;
+        d.decode_into(&mut out)
+            .map_err(|e| Error::Jpeg(e.to_string()))?;
         Ok(out)
     };
     // The JPEG decoder is third-party code fed by a hostile peer: contain a panic too.

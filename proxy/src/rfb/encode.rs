@@ -308,7 +308,11 @@ impl EncoderState {
                     flags |= HEXTILE_BG;
                     len += bpp;
                 }
-                let tfg = if mono { subs.first().map(|s| s.0) } else { None };
+                let tfg = if mono {
+                    subs.first().map(|s| s.0)
+                } else {
+                    None
+                };
                 if mono && fg != tfg {
                     flags |= HEXTILE_FG;
                     len += bpp;
@@ -592,7 +596,13 @@ fn put_run(len: usize, out: &mut Vec<u8>) {
 
 /// One ZRLE tile: solid, packed palette, palette RLE, plain RLE or raw, whichever is
 /// estimated smallest.
-fn zrle_tile(vals: &[u32], w: u16, cps: usize, put_c: &dyn Fn(u32, &mut Vec<u8>), out: &mut Vec<u8>) {
+fn zrle_tile(
+    vals: &[u32],
+    w: u16,
+    cps: usize,
+    put_c: &dyn Fn(u32, &mut Vec<u8>),
+    out: &mut Vec<u8>,
+) {
     let n = vals.len();
     let nruns = runs(vals);
     let pal = Palette::of(vals, 127);

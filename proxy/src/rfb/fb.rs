@@ -206,7 +206,9 @@ mod tests {
     #[test]
     fn check_within_does_not_wrap() {
         assert!(Rect::new(65535, 0, 2, 1).check_within(100, 100).is_err());
-        assert!(Rect::new(0, 65535, 1, 65535).check_within(100, 100).is_err());
+        assert!(Rect::new(0, 65535, 1, 65535)
+            .check_within(100, 100)
+            .is_err());
         assert!(Rect::new(90, 90, 10, 10).check_within(100, 100).is_ok());
         assert!(Rect::new(90, 90, 11, 10).check_within(100, 100).is_err());
         assert!(Rect::new(100, 100, 0, 0).check_within(100, 100).is_ok());

@@ -154,7 +154,9 @@ impl PixelFormat {
         }
         if !self.true_colour {
             if bpp != 8 {
-                return Err(Error::PixelFormat("colour maps are supported at 8 bpp only"));
+                return Err(Error::PixelFormat(
+                    "colour maps are supported at 8 bpp only",
+                ));
             }
             return Ok(());
         }
@@ -174,7 +176,9 @@ impl PixelFormat {
             }
             let n = bits(max);
             if u32::from(shift) + n > bpp {
-                return Err(Error::PixelFormat("a colour channel lies outside the pixel"));
+                return Err(Error::PixelFormat(
+                    "a colour channel lies outside the pixel",
+                ));
             }
             let mask = u32::from(max) << shift;
             if used & mask != 0 {
