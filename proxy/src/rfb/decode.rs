@@ -264,7 +264,7 @@ impl ClientDecoder {
                 match res? {
                     None => Ok(None),
                     Some((ev, last)) => {
-                        self.remaining = Some(if last { 0 } else { n - 1 });
+                        self.remaining = if last { None } else { Some(n - 1) };
                         Ok(Some((ev, r.pos())))
                     }
                 }
