@@ -12,7 +12,10 @@ fn dec(w: u16, h: u16) -> ClientDecoder {
     ClientDecoder::new(PixelFormat::rgb888(), w, h, DecoderLimits::default()).unwrap()
 }
 
-fn update(rects: &[(u16, u16, u16, u16, i32, &[u8])]) -> Vec<u8> {
+/// x, y, w, h, encoding, body.
+type RawRect<'a> = (u16, u16, u16, u16, i32, &'a [u8]);
+
+fn update(rects: &[RawRect<'_>]) -> Vec<u8> {
     let mut v = vec![0, 0];
     v.extend_from_slice(&(rects.len() as u16).to_be_bytes());
     for (x, y, w, h, e, body) in rects {

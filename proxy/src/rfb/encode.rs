@@ -623,10 +623,11 @@ fn zrle_tile(
                 5..=16 => 4,
                 _ => 0,
             };
-            let packed = if bits > 0 {
-                p.len() * cps + usize::from(w).div_ceil(8 / bits) * (n / usize::from(w).max(1))
-            } else {
-                usize::MAX
+            let packed = match 8usize.checked_div(bits) {
+                Some(per_byte) => {
+                    p.len() * cps + usize::from(w).div_ceil(per_byte) * (n / usize::from(w).max(1))
+                }
+                None => usize::MAX,
             };
             (p.len() * cps + nruns * 2 + n / 255, packed)
         }

@@ -77,10 +77,8 @@ impl ClientEncodings {
         let mut c = ClientEncodings::default();
         for &e in list {
             match e {
-                RAW | RRE | HEXTILE | ZLIB | TIGHT | ZRLE => {
-                    if !c.preferred.contains(&e) {
-                        c.preferred.push(e)
-                    }
+                RAW | RRE | HEXTILE | ZLIB | TIGHT | ZRLE if !c.preferred.contains(&e) => {
+                    c.preferred.push(e)
                 }
                 COPY_RECT => c.copy_rect = true,
                 TIGHT_QUALITY_0..=TIGHT_QUALITY_9 => {

@@ -303,15 +303,15 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         let resp = vnc_auth_response(cfg.password.as_deref().unwrap_or_default(), &challenge);
         s.write_all(&resp).await?;
     }
-    if chosen == SEC_VNC_AUTH || version == Version::V3_8 {
-        if u32::from_be_bytes(read_array(s).await?) != 0 {
-            let reason = if version == Version::V3_8 {
-                read_reason(s).await?
-            } else {
-                "security handshake failed".into()
-            };
-            return Err(Error::AuthFailed(reason));
-        }
+    if (chosen == SEC_VNC_AUTH || version == Version::V3_8)
+        && u32::from_be_bytes(read_array(s).await?) != 0
+    {
+        let reason = if version == Version::V3_8 {
+            read_reason(s).await?
+        } else {
+            "security handshake failed".into()
+        };
+        return Err(Error::AuthFailed(reason));
     }
     s.write_all(&[u8::from(cfg.shared)]).await?;
     s.flush().await?;
