@@ -32,7 +32,14 @@ impl Drop for Xvnc {
 /// means it is ready) and returns the display number.
 fn start_xvnc(sock: &std::path::Path) -> (Xvnc, u32) {
     let mut child = Command::new("Xvnc")
-        .args(["-displayfd", "1", "-rfbport", "-1", "-SecurityTypes", "None"])
+        .args([
+            "-displayfd",
+            "1",
+            "-rfbport",
+            "-1",
+            "-SecurityTypes",
+            "None",
+        ])
         .args(["-geometry", "200x120", "-depth", "24", "-nolisten", "tcp"])
         .arg("-rfbunixpath")
         .arg(sock)
@@ -44,7 +51,9 @@ fn start_xvnc(sock: &std::path::Path) -> (Xvnc, u32) {
     let out = child.stdout.take().expect("stdout");
     let guard = Xvnc(child);
     let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).expect("display number");
+    BufReader::new(out)
+        .read_line(&mut line)
+        .expect("display number");
     let display = line.trim().parse().expect("display number from Xvnc");
     (guard, display)
 }
@@ -55,7 +64,9 @@ async fn full_frame(
     encodings: &[i32],
 ) -> (String, Vec<u32>, Vec<i32>) {
     let mut s = UnixStream::connect(sock).await.expect("connect");
-    let (_, init) = client_handshake(&mut s, &ClientConfig::default()).await.expect("handshake");
+    let (_, init) = client_handshake(&mut s, &ClientConfig::default())
+        .await
+        .expect("handshake");
     let mut msgs = Vec::new();
     ClientMessage::SetPixelFormat(pf).write(&mut msgs);
     ClientMessage::SetEncodings(encodings.to_vec()).write(&mut msgs);
@@ -65,7 +76,8 @@ async fn full_frame(
     }
     .write(&mut msgs);
     s.write_all(&msgs).await.unwrap();
-    let mut dec = ClientDecoder::new(pf, init.width, init.height, DecoderLimits::default()).unwrap();
+    let mut dec =
+        ClientDecoder::new(pf, init.width, init.height, DecoderLimits::default()).unwrap();
     let mut rd = RfbReader::new(s, 64 << 20);
     let mut seen = Vec::new();
     loop {
