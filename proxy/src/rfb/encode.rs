@@ -702,6 +702,29 @@ fn zrle_tile(
     }
 }
 
+/// A deterministic desktop-like frame for benchmarks: a flat background, text-like
+/// two-colour blocks, and a noisy gradient "photo" in one corner.
+pub fn bench_frame(width: u16, height: u16) -> Result<Framebuffer> {
+    let mut fb = Framebuffer::new(width, height)?;
+    let w = usize::from(width);
+    let mut s: u32 = 0x1234_5678;
+    for (i, p) in fb.pixels_mut().iter_mut().enumerate() {
+        let (x, y) = (i % w, i / w);
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        *p = if x < w / 3 && y < usize::from(height) / 2 {
+            let g = ((x + y) & 0xff) as u32;
+            ((g << 16) | (g << 8) | (255 - g)) ^ (s & 0x0f0f0f)
+        } else if (y / 16) % 3 == 0 && (x / 8 + y) % 5 < 2 {
+            0x202020
+        } else {
+            0xf0f0e8
+        };
+    }
+    Ok(fb)
+}
+
 /// A benchmark hook: encodes a whole `fb` once with ZRLE and once with Tight (JPEG
 /// quality 8) for a 32-bit viewer, returning the byte counts. Time it from outside.
 pub fn bench_encode_frame(fb: &Framebuffer) -> Result<(usize, usize)> {
