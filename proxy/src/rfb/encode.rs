@@ -9,7 +9,7 @@ use super::encoding::{self, ClientEncodings};
 use super::error::{Error, Result};
 use super::fb::{Framebuffer, Rect};
 use super::pixel::{Packer, PixelFormat};
-use super::server_msg::UpdateWriter;
+use super::server_msg::{ServerMessage, UpdateWriter};
 use super::wire::put_compact_len;
 
 /// Tight may not send rectangles wider than this.
@@ -152,6 +152,8 @@ impl EncoderState {
     }
 
     /// Applies SetPixelFormat. The zlib streams carry on: their bytes are format-free.
+    /// For a colour-map format the caller must send [`colour_map_message`] before the
+    /// next update.
     pub fn set_pixel_format(&mut self, pf: PixelFormat) -> Result<()> {
         pf.validate()?;
         self.packer = Packer::new(pf);
@@ -702,6 +704,14 @@ fn zrle_tile(
     }
 }
 
+/// The SetColourMapEntries that makes a colour-map viewer show our `rrrgggbb` indices.
+pub fn colour_map_message() -> ServerMessage {
+    ServerMessage::SetColourMapEntries {
+        first: 0,
+        colours: PixelFormat::colour_map(),
+    }
+}
+
 /// A deterministic desktop-like frame for benchmarks: a flat background, text-like
 /// two-colour blocks, and a noisy gradient "photo" in one corner.
 pub fn bench_frame(width: u16, height: u16) -> Result<Framebuffer> {
@@ -745,4 +755,56 @@ pub fn bench_encode_frame(fb: &Framebuffer) -> Result<(usize, usize)> {
         sizes[i] = out.len();
     }
     Ok((sizes[0], sizes[1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The control byte of the first Tight rectangle for a frame filled by `paint`.
+    fn tight_control(list: &[i32], paint: impl Fn(usize) -> u32) -> u8 {
+        let mut fb = Framebuffer::new(64, 64).unwrap();
+        for (i, p) in fb.pixels_mut().iter_mut().enumerate() {
+            *p = paint(i);
+        }
+        let mut st = EncoderState::new(PixelFormat::rgb888()).unwrap();
+        st.set_encodings(list);
+        let mut out = Vec::new();
+        let mut upd = UpdateWriter::begin(&mut out);
+        st.encode(&mut upd, &mut out, &fb, &fb.rect()).unwrap();
+        out[16]
+    }
+
+    fn noise(i: usize) -> u32 {
+        (i as u32).wrapping_mul(2_654_435_761) & 0xffffff
+    }
+
+    #[test]
+    fn tight_picks_fill_mono_palette_jpeg_and_full_colour() {
+        let t = [encoding::TIGHT];
+        let tq = [encoding::TIGHT, encoding::TIGHT_QUALITY_0 + 5];
+        assert_eq!(tight_control(&t, |_| 0x123456), 0x80);
+        assert_eq!(
+            tight_control(&t, |i| if i % 3 == 0 { 0 } else { 0xffffff }),
+            0x50
+        );
+        assert_eq!(tight_control(&t, |i| (i % 7) as u32 * 0x10101), 0x60);
+        assert_eq!(tight_control(&tq, noise), 0x90);
+        assert_eq!(tight_control(&t, noise), 0x00);
+        // With JPEG allowed, a moderate palette still goes indexed.
+        assert_eq!(tight_control(&tq, |i| (i % 7) as u32 * 0x10101), 0x60);
+    }
+
+    #[test]
+    fn colour_map_viewers_get_indices() {
+        let mut fb = Framebuffer::new(2, 1).unwrap();
+        fb.pixels_mut().copy_from_slice(&[0xffffff, 0xff0000]);
+        let st = EncoderState::new(PixelFormat::colour_map8()).unwrap();
+        let mut out = Vec::new();
+        st.raw(&fb, &fb.rect(), &mut out);
+        assert_eq!(out, [0xff, 0xe0]);
+        let mut m = Vec::new();
+        colour_map_message().write(&mut m);
+        assert_eq!(m.len(), 6 + 256 * 6);
+    }
 }

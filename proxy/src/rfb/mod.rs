@@ -17,7 +17,7 @@ mod wire;
 
 pub use client_msg::{parse_client_message, ClientLimits, ClientMessage, Screen};
 pub use decode::{ClientDecoder, DecoderLimits, ServerEvent};
-pub use encode::{bench_encode_frame, EncoderState};
+pub use encode::{bench_encode_frame, colour_map_message, EncoderState};
 pub use encoding::ClientEncodings;
 pub use error::{Error, Result};
 pub use fb::{Framebuffer, Rect};
