@@ -7,7 +7,9 @@ need_apt=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 # xenstore-utils: Debian's real xenstore clients, pointed at the simulated xenstored in tests.
-for pkg in xenstore-utils; do
+# tigervnc-standalone-server, x11-xserver-utils: a real Xvnc desktop (and xsetroot to draw on
+# it) for the RFB tests against a real server.
+for pkg in xenstore-utils tigervnc-standalone-server x11-xserver-utils; do
   have "$pkg" || need_apt+=("$pkg")
 done
 

@@ -5,7 +5,8 @@
 #   tier 3: a short fuzz run of each cargo-fuzz target (hostile peer)
 #   tier 4: the simulated host, multi-process: a channel smoke run and a quick ring benchmark
 # Functions below run inside `if`, where `set -e` is off: each step says `|| return 1`.
-# Set XENVT_FUZZ_SECONDS to change the fuzz time per target (default 20).
+# Set XENVT_FUZZ_SECONDS to change the fuzz time per target (default 20 for the ring's
+# hostile-peer target, 10 for each of the proxy's decoders and parsers).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash tools/scripts/setup.sh
@@ -32,9 +33,13 @@ tier "loom" env RUSTFLAGS="--cfg xenvt_loom" CARGO_TARGET_DIR=target/loom \
 
 fuzz() {
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked || return 1
-  local secs=${XENVT_FUZZ_SECONDS:-20}
+  fuzz_crate ring/fuzz "${XENVT_FUZZ_SECONDS:-20}" || return 1
+  fuzz_crate proxy/fuzz "${XENVT_FUZZ_SECONDS:-10}"
+}
+fuzz_crate() {
+  local dir=$1 secs=$2
   (
-    cd ring/fuzz
+    cd "$dir"
     for t in $(cargo fuzz list); do
       echo "fuzz: $t for ${secs}s"
       cargo fuzz run "$t" -s none -- -max_total_time="$secs" >"fuzz-$t.log" 2>&1 || {
