@@ -14,6 +14,7 @@ pub mod fdio;
 pub mod layout;
 pub mod notify;
 pub mod platform;
+pub mod proxyv2;
 pub mod ring;
 pub mod shm;
 pub mod stream;
