@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use xenvt_ring::xenstore::{XsClient, Xenstore};
+use xenvt_ring::xenstore::{Xenstore, XsClient};
 
 #[tokio::test]
 async fn a_silent_xenstored_gives_a_timeout_error() {
@@ -24,7 +24,10 @@ async fn a_silent_xenstored_gives_a_timeout_error() {
         .unwrap()
         .with_deadline(Duration::from_millis(200));
     let err = xs.read("/local/domain/0/name").await.unwrap_err();
-    assert!(err.to_string().contains("no answer from xenstored"), "{err}");
+    assert!(
+        err.to_string().contains("no answer from xenstored"),
+        "{err}"
+    );
     let err = xs.write("/x", "1").await.unwrap_err();
     assert!(err.to_string().contains("no answer"), "{err}");
 }
