@@ -29,7 +29,10 @@ fn open_listener_without_password_is_refused_at_startup() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("p.toml") && err.contains("not loopback"), "{err}");
+    assert!(
+        err.contains("p.toml") && err.contains("not loopback"),
+        "{err}"
+    );
 }
 
 /// A desktop played by the test: handshake, one solid update, then whatever `tail` is.
@@ -70,8 +73,10 @@ async fn placeholder_desktop_and_a_bad_desktop() {
     let mut v = TestViewer::connect(&p.viewer_addr(1), MODERN, None).await;
     assert_eq!(v.name, "vm1 \u{2014} no desktop");
     assert_eq!(v.size(), PLACEHOLDER_SIZE);
-    v.until("the placeholder", |v| v.pixels() == placeholder("vm1").pixels())
-        .await;
+    v.until("the placeholder", |v| {
+        v.pixels() == placeholder("vm1").pixels()
+    })
+    .await;
 
     // A desktop arrives: the viewer is resized to it and sees its pixels and name.
     let rev = p.reverse.clone().unwrap();
@@ -121,7 +126,11 @@ async fn viewer_without_resize_support_is_letterboxed() {
     })
     .await;
     let fb = v.dec.framebuffer();
-    assert_eq!(v.size(), PLACEHOLDER_SIZE, "the viewer keeps its first size");
+    assert_eq!(
+        v.size(),
+        PLACEHOLDER_SIZE,
+        "the viewer keeps its first size"
+    );
     assert_eq!(fb.get(63, 47), Some(0x123456));
     assert_eq!(fb.get(64, 0), Some(0), "black beyond the desktop");
     assert_eq!(fb.get(0, 48), Some(0));

@@ -53,7 +53,7 @@ impl Proxy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_xenvt-proxy"))
             .arg("--config")
             .arg(&cfg)
-            .env("XENVT_LOG", "xenvt_proxy=debug")
+            .env("XENVT_LOG", "xenvt_proxy=info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -77,10 +77,8 @@ impl Proxy {
             if rest == "ready" {
                 return p;
             } else if rest.starts_with("viewers ") {
-                p.viewers.push((
-                    kv("domain").unwrap().parse().unwrap(),
-                    kv("addr").unwrap(),
-                ));
+                p.viewers
+                    .push((kv("domain").unwrap().parse().unwrap(), kv("addr").unwrap()));
             } else if rest.starts_with("reverse ") {
                 p.reverse = kv("addr");
             } else if rest.starts_with("backend ") {
@@ -125,7 +123,14 @@ impl Xvnc {
     pub fn start(dir: &Path, geometry: &str) -> Xvnc {
         let sock = dir.join("xvnc.sock");
         let mut child = Command::new("Xvnc")
-            .args(["-displayfd", "1", "-rfbport", "-1", "-SecurityTypes", "None"])
+            .args([
+                "-displayfd",
+                "1",
+                "-rfbport",
+                "-1",
+                "-SecurityTypes",
+                "None",
+            ])
             .args(["-geometry", geometry, "-depth", "24", "-nolisten", "tcp"])
             .args(["-desktop", "xtest"])
             .arg("-rfbunixpath")
@@ -203,7 +208,8 @@ impl TestViewer {
         };
         let (_, init) = client_handshake(&mut s, &cfg).await.expect("handshake");
         let pf = PixelFormat::rgb888();
-        let dec = ClientDecoder::new(pf, init.width, init.height, DecoderLimits::default()).unwrap();
+        let dec =
+            ClientDecoder::new(pf, init.width, init.height, DecoderLimits::default()).unwrap();
         let (rd, mut wr) = s.into_split();
         let mut m = Vec::new();
         ClientMessage::SetPixelFormat(pf).write(&mut m);
