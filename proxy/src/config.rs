@@ -441,6 +441,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["viewer.pass", "vm2-desktop.pass"] {
+            std::fs::write(dir.path().join(f), "pw\n").unwrap();
+        }
+        let text = include_str!("../dist/proxy.toml");
+        let c = Config::parse(text, &dir.path().join("proxy.toml")).unwrap();
+        assert_eq!(c.security, Security::VncAuth(b"pw".to_vec()));
+        assert_eq!(c.domains.len(), 2);
+    }
+
+    #[test]
     fn reverse_and_connect() {
         let c = parse(
             "[reverse]\ndomid = 1\n[[domain]]\ndomid = 1\nconnect = \"unix:/run/d.sock\"\n\

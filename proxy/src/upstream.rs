@@ -172,7 +172,10 @@ where
     up.view.set_detail(&init.name);
     let mut reader = RfbReader::new(rd, DecoderLimits::default().max_rect_bytes + 4096);
     let res = tokio::select! {
-        r = up.run(&mut reader, &mut dec) => r,
+        r = up.run(&mut reader, &mut dec) => match r {
+            Err(Error::Rfb(crate::rfb::Error::Closed)) => Ok(()),
+            r => r,
+        },
         _ = closer.notified() => {
             info!("desktop replaced by a newer connection");
             Ok(())
