@@ -77,6 +77,8 @@ enum SimCmd {
 enum BenchCmd {
     /// The channel between two processes against memcpy and a unix socket pair.
     Ring(xenvt::bench::ring::RingArgs),
+    /// A viewer straight on Xvnc against the same viewer through xenvt-proxy.
+    Proxy(xenvt::bench::proxy::ProxyArgs),
     /// A process end of a benchmark (internal).
     #[command(hide = true)]
     Peer(xenvt::bench::peer::PeerArgs),
@@ -114,6 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Smoke(a) => xenvt::smoke::run(a).await,
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
+            BenchCmd::Proxy(a) => xenvt::bench::proxy::run(a).await,
             BenchCmd::Peer(a) => xenvt::bench::peer::run(a).await,
         },
     }
