@@ -204,10 +204,10 @@ fn vncdo() -> Option<PathBuf> {
     if p.is_file() {
         Some(p)
     } else {
-        eprintln!(
-            "SKIPPED: vncdotool not found at {} (set XENVT_VNCDO)",
+        common::missing(&format!(
+            "vncdotool not found at {} (set XENVT_VNCDO)",
             p.display()
-        );
+        ));
         None
     }
 }

@@ -11,6 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash tools/scripts/setup.sh
 
+# Every real peer (Xvnc, vncdotool, xenstore-utils...) was installed above: a test that cannot
+# find one must fail, not skip.
+export XENVT_REQUIRE_PEERS=1
+
 passed=0
 failed=0
 tier() {

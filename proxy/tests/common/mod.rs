@@ -26,15 +26,25 @@ pub fn which(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// True (with a note on stderr) when every tool is installed.
+/// True when every tool is installed. Otherwise the test is skipped with a note on
+/// stderr, unless `XENVT_REQUIRE_PEERS` is set (the test scripts set it, after
+/// installing every peer): then a missing tool fails the test.
 pub fn have(tools: &[&str]) -> bool {
     for t in tools {
         if !which(t) {
-            eprintln!("SKIPPED: {t} is not installed");
+            missing(&format!("{t} is not installed"));
             return false;
         }
     }
     true
+}
+
+/// Reports a missing real peer: a skip, or a failure under `XENVT_REQUIRE_PEERS`.
+pub fn missing(what: &str) {
+    if std::env::var_os("XENVT_REQUIRE_PEERS").is_some() {
+        panic!("{what}, and XENVT_REQUIRE_PEERS is set");
+    }
+    eprintln!("SKIPPED: {what}");
 }
 
 /// The running daemon; stopped with SIGTERM on drop.
