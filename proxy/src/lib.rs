@@ -3,6 +3,7 @@
 //! The RFB protocol layer lives in [`rfb`]. The daemon is not implemented yet: the binary
 //! refuses to run rather than pretend to work.
 
+pub mod console;
 pub mod rfb;
 
 /// Why the binary cannot run yet.
