@@ -53,11 +53,20 @@ impl ConsoleSource {
         })?;
         // SAFETY: `open` just returned this descriptor and nothing else owns it.
         let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut t = termios::tcgetattr(fd.as_fd()).map_err(|e| Error::Io {
+            what: "tcgetattr",
+            source: e.into(),
+        })?;
+        termios::cfmakeraw(&mut t);
+        termios::tcsetattr(fd.as_fd(), termios::SetArg::TCSANOW, &t).map_err(|e| Error::Io {
+            what: "tcsetattr",
+            source: e.into(),
+        })?;
         Self::from_fd(fd)
     }
 
-    /// Wraps an open descriptor (a pty side, a pipe); it is made non-blocking, and raw if it
-    /// is a terminal.
+    /// Wraps an open descriptor (a pty master, a pipe, a socket) and makes it non-blocking;
+    /// terminal modes are left alone.
     pub fn from_fd(fd: OwnedFd) -> Result<Self> {
         let flags = fcntl::fcntl(fd.as_raw_fd(), fcntl::F_GETFL).map_err(|e| Error::Io {
             what: "fcntl",
@@ -68,15 +77,6 @@ impl ConsoleSource {
             what: "fcntl",
             source: e.into(),
         })?;
-        if let Ok(mut t) = termios::tcgetattr(fd.as_fd()) {
-            termios::cfmakeraw(&mut t);
-            termios::tcsetattr(fd.as_fd(), termios::SetArg::TCSANOW, &t).map_err(|e| {
-                Error::Io {
-                    what: "tcsetattr",
-                    source: e.into(),
-                }
-            })?;
-        }
         // SAFETY: the `File` owns the descriptor and keeps it open and unchanged until the
         // `AsyncFd` (its only owner) is dropped or unwrapped.
         let afd = unsafe { AsyncFd::register(std::fs::File::from(fd)) }.map_err(|e| Error::Io {
@@ -230,7 +230,8 @@ pub async fn pump(
 #[derive(Clone, Debug)]
 pub struct Pacer {
     interval: Duration,
-    last: Option<Instant>,
+    /// The earliest next render.
+    next: Instant,
     dirty: bool,
 }
 
@@ -239,7 +240,7 @@ impl Pacer {
     pub fn new(per_second: u32) -> Self {
         Pacer {
             interval: Duration::from_secs(1) / per_second.max(1),
-            last: None,
+            next: Instant::now(),
             dirty: false,
         }
     }
@@ -251,18 +252,17 @@ impl Pacer {
 
     /// When the next render should happen; `None` when nothing changed.
     pub fn due(&self) -> Option<Instant> {
-        if !self.dirty {
-            return None;
-        }
-        Some(match self.last {
-            Some(t) => t + self.interval,
-            None => Instant::now(),
-        })
+        self.dirty.then_some(self.next)
+    }
+
+    /// True when a render is due at `now`.
+    pub fn ready(&self, now: Instant) -> bool {
+        self.due().is_some_and(|t| t <= now)
     }
 
     /// Records a render at `now`.
     pub fn rendered(&mut self, now: Instant) {
-        self.last = Some(now);
+        self.next = now + self.interval;
         self.dirty = false;
     }
 }
@@ -277,10 +277,12 @@ mod tests {
         assert_eq!(p.due(), None);
         p.mark_dirty();
         let t0 = Instant::now();
-        assert!(p.due().unwrap() <= Instant::now());
+        assert!(p.ready(t0));
         p.rendered(t0);
         assert_eq!(p.due(), None);
         p.mark_dirty();
         assert_eq!(p.due(), Some(t0 + Duration::from_millis(100)));
+        assert!(!p.ready(t0 + Duration::from_millis(99)));
+        assert!(p.ready(t0 + Duration::from_millis(100)));
     }
 }
