@@ -6,6 +6,7 @@
 //! fed by an upstream connection ([`upstream`]); [`daemon`] ties them to listeners.
 
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod domain;
 pub mod error;
