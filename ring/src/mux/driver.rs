@@ -957,6 +957,12 @@ impl Driver {
                 let mut h = Header::new(c.op, c.flags, c.id, c.payload.len() as u32);
                 if c.op.carries_credit() {
                     match st.streams.get_mut(&c.id) {
+                        // No credit for a direction the peer has shut down.
+                        Some(s) if c.op == Op::CreditUpdate && s.rx_eof => {
+                            s.credit_queued = false;
+                            st.ctrl.pop_front();
+                            continue;
+                        }
                         Some(s) => {
                             h.buf_alloc = st.cfg.stream_buf;
                             h.fwd_cnt = s.fwd_cnt;
