@@ -1137,3 +1137,148 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(cfg: MuxConfig) -> State {
+        let (cmd_tx, _cmd_rx) = mpsc::unbounded_channel();
+        let (inc_tx, _inc_rx) = mpsc::channel(4);
+        let (closed_tx, _) = watch::channel(None);
+        State {
+            cfg,
+            side: Side::Guest,
+            counters: Arc::default(),
+            cmd_weak: cmd_tx.downgrade(),
+            inc_tx: Some(inc_tx),
+            closed_tx,
+            streams: BTreeMap::new(),
+            ctrl: VecDeque::new(),
+            next_id: 1,
+            rr: 0,
+            log: LogLimit::new(),
+            hello_done: true,
+            fatal: None,
+        }
+    }
+
+    fn connected() -> Stream {
+        Stream::new(Phase::Connected, None, None)
+    }
+
+    #[test]
+    fn credit_wraps_and_never_underflows() {
+        let mut s = connected();
+        s.peer_buf_alloc = 1000;
+        s.peer_fwd = u32::MAX - 100;
+        s.tx_cnt = u32::MAX - 100;
+        assert_eq!(s.credit(), 1000);
+        s.tx_cnt = s.tx_cnt.wrapping_add(600);
+        assert_eq!(s.credit(), 400);
+        // The peer shrank its buffer below what is in flight.
+        s.peer_buf_alloc = 100;
+        assert_eq!(s.credit(), 0);
+    }
+
+    #[test]
+    fn credit_lies_are_caught() {
+        let mut st = state(MuxConfig::default());
+        let mut s = connected();
+        s.tx_cnt = 5000;
+        st.streams.insert(1, s);
+        let h = |fwd| Header {
+            buf_alloc: 4096,
+            fwd_cnt: fwd,
+            ..Header::new(Op::CreditUpdate, 0, 1, 0)
+        };
+        assert!(st.take_credit(1, &h(3000)));
+        assert!(st.take_credit(1, &h(5000)));
+        assert!(!st.take_credit(1, &h(5001)), "beyond what we sent");
+        assert!(!st.take_credit(1, &h(4000)), "backwards");
+        assert_eq!(st.streams[&1].credit(), 4096);
+        // Unknown streams carry no credit to check.
+        assert!(st.take_credit(7, &h(1 << 30)));
+    }
+
+    #[test]
+    fn credit_updates_are_batched() {
+        let cfg = MuxConfig {
+            stream_buf: 4096,
+            ..MuxConfig::default()
+        };
+        let mut st = state(cfg);
+        st.streams.insert(1, connected());
+        st.streams.get_mut(&1).unwrap().fwd_cnt = 1023;
+        st.maybe_credit(1);
+        assert!(st.ctrl.is_empty(), "below a quarter of the buffer");
+        st.streams.get_mut(&1).unwrap().fwd_cnt = 1024;
+        st.maybe_credit(1);
+        st.maybe_credit(1);
+        assert_eq!(st.ctrl.len(), 1, "one update queued, not two");
+        let s = st.streams.get_mut(&1).unwrap();
+        s.credit_queued = false;
+        s.rx_eof = true;
+        st.maybe_credit(1);
+        assert_eq!(st.ctrl.len(), 1, "none once the peer stopped sending");
+    }
+
+    #[test]
+    fn stream_closes_only_when_both_ways_are_done() {
+        let mut st = state(MuxConfig::default());
+        let (done, mut rx) = oneshot::channel();
+        st.streams
+            .insert(1, Stream::new(Phase::Connected, None, Some(done)));
+        let steps: [fn(&mut Stream); 3] = [
+            |s| s.tx_eof = true,
+            |s| s.rx_eof = true,
+            |s| s.wr_shut = true,
+        ];
+        for step in steps {
+            st.maybe_close(1);
+            assert!(st.streams.contains_key(&1));
+            step(st.streams.get_mut(&1).unwrap());
+        }
+        st.streams.get_mut(&1).unwrap().buf = vec![1];
+        st.maybe_close(1);
+        assert!(st.streams.contains_key(&1), "undelivered bytes");
+        st.streams.get_mut(&1).unwrap().head = 1;
+        st.maybe_close(1);
+        assert!(!st.streams.contains_key(&1));
+        assert_eq!(rx.try_recv().unwrap(), StreamEnd::Closed);
+        assert!(st.ctrl.is_empty(), "a clean close sends no RST");
+    }
+
+    #[test]
+    fn ids_follow_parity_and_skip_used() {
+        let mut st = state(MuxConfig::default());
+        assert_eq!(st.alloc_id(), Some(1));
+        st.streams.insert(3, connected());
+        assert_eq!(st.alloc_id(), Some(5));
+        st.next_id = u32::MAX;
+        assert_eq!(st.alloc_id(), Some(u32::MAX));
+        assert_eq!(st.alloc_id(), Some(1), "wraps past 0 to the first odd id");
+        assert!(Side::Guest.owns(1) && !Side::Guest.owns(2));
+        assert!(Side::Dom0.owns(2) && !Side::Dom0.owns(3));
+    }
+
+    #[test]
+    fn control_flood_is_fatal_and_bounded() {
+        let mut st = state(MuxConfig {
+            max_streams: 1,
+            ..MuxConfig::default()
+        });
+        for i in 0..1000 {
+            st.queue(Op::Rst, 0, 2 * i + 2, Vec::new());
+        }
+        assert!(matches!(&st.fatal, Some(CloseReason::Protocol(m)) if m.contains("drain")));
+    }
+
+    #[test]
+    fn log_limit() {
+        let mut l = LogLimit::new();
+        let allowed = (0..100).filter(|_| l.allow()).count();
+        assert_eq!(allowed, LOG_BURST as usize);
+        assert_eq!(l.suppressed, 100 - u64::from(LOG_BURST));
+    }
+}
