@@ -2,7 +2,8 @@
 //! (unix socket -> mux -> ring -> mux -> unix socket), against the same bytes over
 //! one plain unix socket pair. Not a timed assert: it prints MB/s and the ratio, so
 //! a regression in the zero-copy paths shows up as a drop.
-//! `cargo run -p xenvt-ring --release --example mux_throughput [MiB]`
+//! It also prints the 1-byte round trip through an echo at the far end, both ways.
+//! `cargo run -p xenvt-ring --release --example mux_throughput [MiB] [ring order]`
 
 use std::time::Instant;
 
@@ -41,12 +42,40 @@ async fn pump(mut src: UnixStream, mut dst: UnixStream, total: usize) -> f64 {
     total as f64 / t.elapsed().as_secs_f64() / 1e6
 }
 
+/// Echoes everything back until EOF.
+fn echo(mut s: UnixStream) {
+    tokio::spawn(async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+}
+
+/// Mean 1-byte round trip in microseconds.
+async fn rtt(mut s: UnixStream) -> f64 {
+    const N: u32 = 20_000;
+    let mut b = [0u8; 1];
+    let t = Instant::now();
+    for _ in 0..N {
+        s.write_all(&b).await.unwrap();
+        s.read_exact(&mut b).await.unwrap();
+    }
+    t.elapsed().as_secs_f64() * 1e6 / f64::from(N)
+}
+
 fn main() {
     let mib: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1024);
     let total = mib << 20;
+    let order: u8 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(ChannelConfig::default().left_order);
+    let chan = ChannelConfig {
+        left_order: order,
+        right_order: order,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -55,9 +84,12 @@ fn main() {
     rt.block_on(async {
         let (a, b) = UnixStream::pair().unwrap();
         let plain = pump(a, b, total).await;
+        let (a, b) = UnixStream::pair().unwrap();
+        echo(b);
+        let plain_rtt = rtt(a).await;
 
         let host = HeapHost::new();
-        let s = Channel::server(&host.domain(1), 0, ChannelConfig::default()).unwrap();
+        let s = Channel::server(&host.domain(1), 0, chan).unwrap();
         let c = Channel::client(&host.domain(0), 1, s.ring_ref(), s.event_port()).unwrap();
         let cfg = MuxConfig::default();
         let (g, d) = tokio::join!(mux::start(s, cfg), mux::start(c, cfg));
@@ -72,9 +104,20 @@ fn main() {
         let (st, _acc) = tokio::join!(guest.open("bench", src_mux), acc);
         let _st = st.unwrap();
         let tunnel = pump(src, dst, total).await;
+        let (a, a_mux) = UnixStream::pair().unwrap();
+        let (b, b_mux) = UnixStream::pair().unwrap();
+        let acc = async { di.next().await.unwrap().accept(b_mux) };
+        let (st2, _acc2) = tokio::join!(guest.open("echo", a_mux), acc);
+        let _st2 = st2.unwrap();
+        echo(b);
+        let mux_rtt = rtt(a).await;
+        println!(
+            "1-byte round trip: plain unix pair {plain_rtt:.1} us; through the mux {mux_rtt:.1} us"
+        );
+        println!("ratio mux_rtt_vs_unix_pair {:.3}", mux_rtt / plain_rtt);
         let s = guest.stats();
         println!(
-            "{mib} MiB: plain unix pair {plain:.0} MB/s; one mux stream {tunnel:.0} MB/s \
+            "{mib} MiB, ring order {order}: plain unix pair {plain:.0} MB/s; one mux stream {tunnel:.0} MB/s \
              ({:.2}x); credit stalls {}",
             tunnel / plain,
             s.credit_stalls

@@ -202,11 +202,11 @@ fn readv(fd: RawFd, iov: &[libc::iovec; 2], cnt: usize) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-fn sendv(fd: RawFd, iov: &mut [libc::iovec; 2], cnt: usize) -> io::Result<usize> {
+fn sendv(fd: RawFd, iov: &mut [libc::iovec]) -> io::Result<usize> {
     // SAFETY: an all-zero msghdr is valid (no name, no control data).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = cnt as _;
+    msg.msg_iovlen = iov.len() as _;
     // SAFETY: the iovecs describe ring data valid during the read callback (or a
     // private buffer); the kernel only reads them. `msg` and `iov` outlive the call.
     let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
@@ -216,18 +216,15 @@ fn sendv(fd: RawFd, iov: &mut [libc::iovec; 2], cnt: usize) -> io::Result<usize>
     Ok(n as usize)
 }
 
+fn buf_iovec(b: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: b.as_ptr() as *mut libc::c_void,
+        iov_len: b.len(),
+    }
+}
+
 fn send_buf(fd: RawFd, b: &[u8]) -> io::Result<usize> {
-    let mut iov = [
-        libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        },
-        libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        },
-    ];
-    sendv(fd, &mut iov, 1)
+    sendv(fd, &mut [buf_iovec(b)])
 }
 
 fn chan_reason(e: Error) -> CloseReason {
@@ -562,40 +559,59 @@ impl State {
         let len = h.len as usize;
         s.rx_cnt = s.rx_cnt.wrapping_add(h.len);
         bump(&self.counters.bytes_rx, len as u64);
+        // One sendmsg takes what is still buffered, then this payload straight
+        // from the ring.
+        let old = s.buffered();
         let mut sent = 0;
         let mut err = None;
-        if s.buffered() == 0 {
-            if let Some(sock) = &s.sock {
-                match sock.poll_write_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        let fd = sock.as_raw_fd();
-                        let (mut iov, cnt) = segs.iovecs(poff, len);
-                        match sock.try_io(Interest::WRITABLE, || sendv(fd, &mut iov, cnt)) {
-                            Ok(n) => sent = n.min(len),
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                // Registers for writability (readiness was just cleared).
-                                let _ = sock.poll_write_ready(cx);
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => err = Some(e),
+        if let Some(sock) = &s.sock {
+            match sock.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    let fd = sock.as_raw_fd();
+                    let (ring, cnt) = segs.iovecs(poff, len);
+                    let mut iov = [buf_iovec(&s.buf[s.head..]), ring[0], ring[1]];
+                    let iov = if old > 0 {
+                        &mut iov[..1 + cnt]
+                    } else {
+                        &mut iov[1..1 + cnt]
+                    };
+                    match sock.try_io(Interest::WRITABLE, || sendv(fd, iov)) {
+                        Ok(n) => sent = n.min(old + len),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            // Registers for writability (readiness was just cleared).
+                            let _ = sock.poll_write_ready(cx);
                         }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => err = Some(e),
                     }
-                    Poll::Ready(Err(e)) => err = Some(e),
-                    Poll::Pending => {}
                 }
+                Poll::Ready(Err(e)) => err = Some(e),
+                Poll::Pending => {}
             }
         }
         if let Some(e) = err {
             return self.local_error(id, "socket write", e);
         }
         s.fwd_cnt = s.fwd_cnt.wrapping_add(sent as u32);
-        if sent < len {
-            if s.buffered() == 0 {
-                s.buf.clear();
+        let from_buf = sent.min(old);
+        s.head += from_buf;
+        self.counters
+            .bytes_buffered
+            .fetch_sub(from_buf as u64, Ordering::Relaxed);
+        let from_ring = sent - from_buf;
+        if s.buffered() == 0 {
+            s.buf.clear();
+            s.head = 0;
+        }
+        if from_ring < len {
+            // Drop the delivered prefix now and then, so the buffer stays within
+            // about twice the credit (amortised: each byte moves at most once more).
+            if s.head > 0 && s.head >= s.buffered() {
+                s.buf.drain(..s.head);
                 s.head = 0;
             }
-            segs.append_to(poff + sent, len - sent, &mut s.buf);
-            bump(&self.counters.bytes_buffered, (len - sent) as u64);
+            segs.append_to(poff + from_ring, len - from_ring, &mut s.buf);
+            bump(&self.counters.bytes_buffered, (len - from_ring) as u64);
         }
         self.maybe_credit(id);
     }
