@@ -3,7 +3,8 @@
 //! one plain unix socket pair. Not a timed assert: it prints MB/s and the ratio, so
 //! a regression in the zero-copy paths shows up as a drop.
 //! It also prints the 1-byte round trip through an echo at the far end, both ways.
-//! `cargo run -p xenvt-ring --release --example mux_throughput [MiB] [ring order]`
+//! `cargo run -p xenvt-ring --release --example mux_throughput [MiB] [ring order] [idle streams]`
+//! (idle streams are opened first and stay open, to show their cost to the busy one)
 
 use std::time::Instant;
 
@@ -95,6 +96,18 @@ fn main() {
         let (g, d) = tokio::join!(mux::start(s, cfg), mux::start(c, cfg));
         let (guest, _gi) = g.unwrap();
         let (_dom0, mut di) = d.unwrap();
+        let idle: usize = std::env::args()
+            .nth(3)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0);
+        let mut keep = Vec::new();
+        for _ in 0..idle {
+            let (a, a_mux) = UnixStream::pair().unwrap();
+            let (b, b_mux) = UnixStream::pair().unwrap();
+            let acc = async { di.next().await.unwrap().accept(b_mux) };
+            let (st, _) = tokio::join!(guest.open("idle", a_mux), acc);
+            keep.push((a, b, st.unwrap()));
+        }
         let (src, src_mux) = UnixStream::pair().unwrap();
         let (dst, dst_mux) = UnixStream::pair().unwrap();
         let acc = async {
@@ -117,7 +130,7 @@ fn main() {
         println!("ratio mux_rtt_vs_unix_pair {:.3}", mux_rtt / plain_rtt);
         let s = guest.stats();
         println!(
-            "{mib} MiB, ring order {order}: plain unix pair {plain:.0} MB/s; one mux stream {tunnel:.0} MB/s \
+            "{mib} MiB, ring order {order}, {idle} idle streams: plain unix pair {plain:.0} MB/s; one mux stream {tunnel:.0} MB/s \
              ({:.2}x); credit stalls {}",
             tunnel / plain,
             s.credit_stalls

@@ -13,10 +13,11 @@ use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use futures::task::AtomicWaker;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{Interest, Ready};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -84,6 +85,39 @@ impl LogLimit {
     }
 }
 
+const RD: u8 = 1;
+const WR: u8 = 2;
+
+/// Which streams' sockets became ready since the driver last looked, so a turn
+/// touches only those sockets and not every idle one.
+#[derive(Default)]
+struct Wakeups {
+    ready: Mutex<Vec<(u32, u8)>>,
+    driver: AtomicWaker,
+}
+
+/// The waker a stream's socket holds for one direction. tokio consumes a waker
+/// when it fires, so each registration adds at most one entry to the list.
+struct StreamWaker {
+    id: u32,
+    dir: u8,
+    wk: Arc<Wakeups>,
+}
+
+impl Wake for StreamWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wk
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((self.id, self.dir));
+        self.wk.driver.wake();
+    }
+}
+
 enum Phase {
     /// We sent REQUEST; waiting for RESPONSE or RST.
     Requesting {
@@ -99,6 +133,12 @@ enum Phase {
 
 struct Stream {
     phase: Phase,
+    rd_waker: Waker,
+    wr_waker: Waker,
+    /// The socket may have data to read (its readiness was not seen pending since).
+    rd_poll: bool,
+    /// The socket may take data.
+    wr_poll: bool,
     sock: Option<Socket>,
     done: Option<oneshot::Sender<StreamEnd>>,
     // Our sending direction (socket -> ring).
@@ -123,9 +163,26 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(phase: Phase, sock: Option<Socket>, done: Option<oneshot::Sender<StreamEnd>>) -> Self {
+    fn new(
+        id: u32,
+        wk: &Arc<Wakeups>,
+        phase: Phase,
+        sock: Option<Socket>,
+        done: Option<oneshot::Sender<StreamEnd>>,
+    ) -> Self {
+        let waker = |dir| {
+            Waker::from(Arc::new(StreamWaker {
+                id,
+                dir,
+                wk: wk.clone(),
+            }))
+        };
         Stream {
             phase,
+            rd_waker: waker(RD),
+            wr_waker: waker(WR),
+            rd_poll: true,
+            wr_poll: true,
             sock,
             done,
             tx_cnt: 0,
@@ -182,6 +239,7 @@ struct State {
     inc_tx: Option<mpsc::Sender<IncomingRequest>>,
     closed_tx: watch::Sender<Option<CloseReason>>,
     streams: BTreeMap<u32, Stream>,
+    wk: Arc<Wakeups>,
     ctrl: VecDeque<Ctrl>,
     next_id: u32,
     /// Round-robin cursor for the sending side.
@@ -365,7 +423,7 @@ impl State {
     }
 
     /// Parses and handles whole frames in the ring; returns the bytes consumed.
-    fn on_frames(&mut self, segs: Segs, cx: &mut Context<'_>, stop_after_hello: bool) -> usize {
+    fn on_frames(&mut self, segs: Segs, stop_after_hello: bool) -> usize {
         let mut off = 0;
         for _ in 0..FRAMES_PER_BATCH {
             let have = segs.len() - off;
@@ -394,7 +452,7 @@ impl State {
                 });
                 break;
             }
-            self.on_frame(&h, segs, off + HDR_LEN, cx);
+            self.on_frame(&h, segs, off + HDR_LEN);
             off += h.frame_len();
             if stop_after_hello && self.hello_done {
                 break;
@@ -403,7 +461,7 @@ impl State {
         off
     }
 
-    fn on_frame(&mut self, h: &Header, segs: Segs, poff: usize, cx: &mut Context<'_>) {
+    fn on_frame(&mut self, h: &Header, segs: Segs, poff: usize) {
         let id = h.stream;
         if !self.hello_done {
             if h.op != Op::Hello {
@@ -474,7 +532,7 @@ impl State {
                 Some(_) => self.violation(id, "SHUTDOWN before the stream was open"),
                 None => self.ignored(h),
             },
-            Op::Rw => self.on_rw(h, segs, poff, cx),
+            Op::Rw => self.on_rw(h, segs, poff),
             Op::CreditUpdate => {}
             Op::CreditRequest => match self.streams.get_mut(&id) {
                 Some(s) if s.connected() && !s.rx_eof && !s.credit_queued => {
@@ -536,13 +594,13 @@ impl State {
             req.cmd = None;
             return refuse(self, "nobody is accepting");
         }
-        let mut s = Stream::new(Phase::PendingAccept, None, None);
+        let mut s = Stream::new(id, &self.wk, Phase::PendingAccept, None, None);
         s.peer_buf_alloc = h.buf_alloc;
         self.streams.insert(id, s);
         self.sync_open();
     }
 
-    fn on_rw(&mut self, h: &Header, segs: Segs, poff: usize, cx: &mut Context<'_>) {
+    fn on_rw(&mut self, h: &Header, segs: Segs, poff: usize) {
         let id = h.stream;
         let stream_buf = self.cfg.stream_buf;
         let Some(s) = self.streams.get_mut(&id) else {
@@ -565,7 +623,8 @@ impl State {
         let mut sent = 0;
         let mut err = None;
         if let Some(sock) = &s.sock {
-            match sock.poll_write_ready(cx) {
+            let mut cx = Context::from_waker(&s.wr_waker);
+            match sock.poll_write_ready(&mut cx) {
                 Poll::Ready(Ok(())) => {
                     let fd = sock.as_raw_fd();
                     let (ring, cnt) = segs.iovecs(poff, len);
@@ -579,14 +638,16 @@ impl State {
                         Ok(n) => sent = n.min(old + len),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             // Registers for writability (readiness was just cleared).
-                            let _ = sock.poll_write_ready(cx);
+                            if sock.poll_write_ready(&mut cx).is_pending() {
+                                s.wr_poll = false;
+                            }
                         }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => err = Some(e),
                     }
                 }
                 Poll::Ready(Err(e)) => err = Some(e),
-                Poll::Pending => {}
+                Poll::Pending => s.wr_poll = false,
             }
         }
         if let Some(e) = err {
@@ -617,12 +678,19 @@ impl State {
     }
 
     /// Writes buffered bytes and pending half-closes to the sockets.
-    fn flush(&mut self, cx: &mut Context<'_>) -> bool {
+    fn flush(&mut self) -> bool {
         let mut progress = false;
         let ids: Vec<u32> = self
             .streams
             .iter()
-            .filter(|(_, s)| s.connected() && (s.buffered() > 0 || (s.rx_eof && !s.wr_shut)))
+            .filter(|(_, s)| {
+                s.connected()
+                    && if s.buffered() > 0 {
+                        s.wr_poll
+                    } else {
+                        s.rx_eof && !s.wr_shut
+                    }
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -631,9 +699,13 @@ impl State {
             };
             let Some(sock) = &s.sock else { continue };
             let mut err = None;
+            let mut cx = Context::from_waker(&s.wr_waker);
             while s.buffered() > 0 {
-                match sock.poll_write_ready(cx) {
-                    Poll::Pending => break,
+                match sock.poll_write_ready(&mut cx) {
+                    Poll::Pending => {
+                        s.wr_poll = false;
+                        break;
+                    }
                     Poll::Ready(Err(e)) => {
                         err = Some(e);
                         break;
@@ -685,6 +757,17 @@ impl State {
         progress
     }
 
+    /// Marks the streams whose sockets signalled readiness.
+    fn take_wakeups(&mut self) {
+        let ready = std::mem::take(&mut *self.wk.ready.lock().unwrap_or_else(|p| p.into_inner()));
+        for (id, dir) in ready {
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.rd_poll |= dir == RD;
+                s.wr_poll |= dir == WR;
+            }
+        }
+    }
+
     fn on_cmd(&mut self, cmd: Cmd) -> bool {
         match cmd {
             Cmd::Open {
@@ -710,8 +793,8 @@ impl State {
                     reply,
                     done_rx,
                 };
-                self.streams
-                    .insert(id, Stream::new(phase, Some(sock), Some(done)));
+                let s = Stream::new(id, &self.wk, phase, Some(sock), Some(done));
+                self.streams.insert(id, s);
                 self.sync_open();
                 self.queue(Op::Request, 0, id, payload);
             }
@@ -779,6 +862,7 @@ impl Driver {
             inc_tx: Some(inc_tx),
             closed_tx,
             streams: BTreeMap::new(),
+            wk: Arc::default(),
             ctrl: VecDeque::new(),
             next_id: if side == Side::Guest { 1 } else { 2 },
             rr: 0,
@@ -879,6 +963,9 @@ impl Driver {
     fn turns(&mut self, cx: &mut Context<'_>, hello: bool) -> Result<Poll<()>, CloseReason> {
         for _ in 0..BUDGET {
             let mut progress = false;
+            // Register first, then drain: a socket waking us in between is not lost.
+            self.st.wk.driver.register(cx.waker());
+            self.st.take_wakeups();
             if !hello {
                 loop {
                     match self.cmd_rx.poll_recv(cx) {
@@ -895,7 +982,7 @@ impl Driver {
                 }
             }
             progress |= self.poll_event(cx)?;
-            progress |= self.receive(cx, hello)?;
+            progress |= self.receive(hello)?;
             if let Some(r) = self.st.fatal.take() {
                 return Err(r);
             }
@@ -905,8 +992,8 @@ impl Driver {
                     return Ok(Poll::Ready(()));
                 }
             }
-            progress |= self.st.flush(cx);
-            let (moved, need) = self.send(cx, hello)?;
+            progress |= self.st.flush();
+            let (moved, need) = self.send(hello)?;
             progress |= moved;
             if let Some(r) = self.st.fatal.take() {
                 return Err(r);
@@ -933,7 +1020,7 @@ impl Driver {
     }
 
     /// Handles whole frames from the ring. Whether any were consumed.
-    fn receive(&mut self, cx: &mut Context<'_>, hello: bool) -> Result<bool, CloseReason> {
+    fn receive(&mut self, hello: bool) -> Result<bool, CloseReason> {
         let mut any = false;
         for _ in 0..4 {
             let st = &mut self.st;
@@ -941,7 +1028,7 @@ impl Driver {
                 // SAFETY: these are the segments of this very callback, used only
                 // inside it.
                 let segs = unsafe { Segs::new(segs) };
-                Ok(st.on_frames(segs, cx, hello))
+                Ok(st.on_frames(segs, hello))
             });
             match r {
                 Ok(Some(0)) | Ok(None) => break,
@@ -1009,7 +1096,7 @@ impl Driver {
     }
 
     /// Control frames, then socket data straight into the ring.
-    fn send(&mut self, cx: &mut Context<'_>, hello: bool) -> Result<(bool, Need), CloseReason> {
+    fn send(&mut self, hello: bool) -> Result<(bool, Need), CloseReason> {
         let before = self.st.ctrl.len();
         if !self.send_ctrl()? {
             let need = self
@@ -1028,7 +1115,7 @@ impl Driver {
             let st = &self.st.streams;
             st.range(rr.saturating_add(1)..)
                 .chain(st.range(..=rr))
-                .filter(|(_, s)| s.connected() && !s.tx_eof && s.sock.is_some())
+                .filter(|(_, s)| s.rd_poll && s.connected() && !s.tx_eof && s.sock.is_some())
                 .map(|(id, _)| *id)
                 .collect()
         };
@@ -1041,7 +1128,7 @@ impl Driver {
             if free < HDR_LEN + 1 {
                 return Ok((progress, Need::Space(HDR_LEN as u32 + 1)));
             }
-            progress |= self.send_stream(id, cx)?;
+            progress |= self.send_stream(id)?;
             if !self.st.ctrl.is_empty() {
                 // An EOF queued a SHUTDOWN: it goes out before more data.
                 progress = true;
@@ -1052,7 +1139,7 @@ impl Driver {
     }
 
     /// One readv from a stream's socket into the ring, if it has data and credit.
-    fn send_stream(&mut self, id: u32, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
+    fn send_stream(&mut self, id: u32) -> Result<bool, CloseReason> {
         let max_frame = self.st.cfg.max_frame;
         let stream_buf = self.st.cfg.stream_buf;
         let Some(s) = self.st.streams.get_mut(&id) else {
@@ -1069,8 +1156,12 @@ impl Driver {
         let Some(sock) = &s.sock else {
             return Ok(false);
         };
-        match sock.poll_read_ready(cx) {
-            Poll::Pending => return Ok(false),
+        let mut cx = Context::from_waker(&s.rd_waker);
+        match sock.poll_read_ready(&mut cx) {
+            Poll::Pending => {
+                s.rd_poll = false;
+                return Ok(false);
+            }
             Poll::Ready(Err(e)) => {
                 self.st.local_error(id, "socket read", e);
                 return Ok(true);
@@ -1132,7 +1223,11 @@ impl Driver {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Readiness was cleared: register for the next edge now, or a
                 // sleep right after this would never hear of it.
-                return Ok(sock.poll_read_ready(cx).is_ready());
+                if sock.poll_read_ready(&mut cx).is_ready() {
+                    return Ok(true);
+                }
+                s.rd_poll = false;
+                return Ok(false);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
             Err(e) => {
@@ -1170,6 +1265,7 @@ mod tests {
             inc_tx: Some(inc_tx),
             closed_tx,
             streams: BTreeMap::new(),
+            wk: Arc::default(),
             ctrl: VecDeque::new(),
             next_id: 1,
             rr: 0,
@@ -1180,7 +1276,7 @@ mod tests {
     }
 
     fn connected() -> Stream {
-        Stream::new(Phase::Connected, None, None)
+        Stream::new(1, &Arc::default(), Phase::Connected, None, None)
     }
 
     #[test]
@@ -1243,8 +1339,10 @@ mod tests {
     fn stream_closes_only_when_both_ways_are_done() {
         let mut st = state(MuxConfig::default());
         let (done, mut rx) = oneshot::channel();
-        st.streams
-            .insert(1, Stream::new(Phase::Connected, None, Some(done)));
+        st.streams.insert(
+            1,
+            Stream::new(1, &Arc::default(), Phase::Connected, None, Some(done)),
+        );
         let steps: [fn(&mut Stream); 3] = [
             |s| s.tx_eof = true,
             |s| s.rx_eof = true,
