@@ -38,11 +38,21 @@ fn mux_rx(data: &[u8]) {
         let s = Channel::server(&host.domain(1), 0, ChannelConfig::default()).unwrap();
         let c = Channel::client(&host.domain(0), 1, s.ring_ref(), s.event_port()).unwrap();
         let mut raw = ChannelStream::new(c).unwrap();
-        let hello = Hello { version: VERSION, max_streams: 4 }.encode();
-        let mut first = Header::new(Op::Hello, 0, 0, hello.len() as u32).encode().to_vec();
+        let hello = Hello {
+            version: VERSION,
+            max_streams: 4,
+        }
+        .encode();
+        let mut first = Header::new(Op::Hello, 0, 0, hello.len() as u32)
+            .encode()
+            .to_vec();
         first.extend_from_slice(&hello);
         raw.write_all(&first).await.unwrap();
-        let cfg = MuxConfig { max_streams: 4, stream_buf: 4096, max_frame: 1024 };
+        let cfg = MuxConfig {
+            max_streams: 4,
+            stream_buf: 4096,
+            max_frame: 1024,
+        };
         let (g, mut inc) = mux::start(s, cfg).await.unwrap();
         let acceptor = tokio::spawn(async move {
             let mut apps = Vec::new();
