@@ -18,12 +18,18 @@ use xenvt_proxy::rfb::Framebuffer;
 /// a screen condition.
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// Whether `prog` is installed. A missing program skips its test, unless
+/// `XENVT_REQUIRE_PEERS` is set (the test scripts install every program first).
 fn have(prog: &str) -> bool {
-    Command::new("sh")
+    let found = Command::new("sh")
         .args(["-c", &format!("command -v {prog}")])
         .stdout(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    if !found && std::env::var_os("XENVT_REQUIRE_PEERS").is_some() {
+        panic!("{prog} is not installed, and XENVT_REQUIRE_PEERS is set");
+    }
+    found
 }
 
 /// Starts `argv` on a new pty of the console's size as its controlling terminal.

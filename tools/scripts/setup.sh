@@ -11,8 +11,9 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 # tigervnc-standalone-server, x11-xserver-utils, xterm, xdotool, x11-utils: a real Xvnc desktop,
 # X clients that draw on it and check what a viewer typed, for the tests against real peers.
 # python3-venv: a venv for vncdotool, a real VNC viewer from PyPI.
+# procps, less, vim: real full-screen programs the console view must render.
 for pkg in xenstore-utils tigervnc-standalone-server x11-xserver-utils xterm xdotool x11-utils \
-  python3-venv; do
+  python3-venv procps less vim; do
   have "$pkg" || need_apt+=("$pkg")
 done
 
