@@ -46,6 +46,12 @@ enum SimCmd {
         /// Pages each domain may grant at once (Linux gntalloc's default is 1024).
         #[arg(long, default_value_t = 1024)]
         grant_limit: usize,
+        /// The program each guest runs on its console, published as `console/tty`.
+        #[arg(long, default_value = "/bin/sh -i", conflicts_with = "no_console")]
+        console: String,
+        /// Give guests no console.
+        #[arg(long)]
+        no_console: bool,
     },
     /// Creates a domain and prints its id.
     Create { name: String },
@@ -129,10 +135,23 @@ async fn sim(dir: PathBuf, cmd: SimCmd) -> anyhow::Result<()> {
         async move { Client::connect(&dir).await?.call(&req).await }
     };
     match cmd {
-        SimCmd::Run { grant_limit } => {
+        SimCmd::Run {
+            grant_limit,
+            console,
+            no_console,
+        } => {
+            let console = (!no_console)
+                .then(|| {
+                    console
+                        .split_whitespace()
+                        .map(Into::into)
+                        .collect::<Vec<_>>()
+                })
+                .filter(|c| !c.is_empty());
             let cfg = xenvt::sim::host::HostConfig {
                 dir: dir.clone(),
                 grant_limit_pages: grant_limit,
+                console,
             };
             xenvt::sim::host::run(cfg, |d| println!("ready {}", d.display())).await?;
         }
