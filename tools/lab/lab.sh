@@ -28,8 +28,11 @@ usage: lab.sh COMMAND [ARGS]
       --allow-skip      a scenario that skips (e.g. a command not built yet) is not a failure
       --no-build        do not run cargo build; use target/release/xenvt if present
       --out DIR         where to keep the logs (default: a new dir under the cache)
+      --set LAB_NAME=VALUE
+                        a setting for the scenarios (see each scenario's dom0.sh)
       -v, --verbose     show the whole serial console, not only the lab lines
-  shell                 boot dom0 with a shell on the serial console (stdio)
+  shell [--no-build] [--set LAB_NAME=VALUE]...
+                        boot dom0 with a shell on the serial console (stdio)
   list                  list the scenarios
   clean                 remove the cache
 
@@ -83,7 +86,10 @@ download_debs() {
     if [ ${#want[@]} -gt 0 ]; then
         note "downloading ${#want[@]} packages"
         # apt-get names the files itself; the package name is the file name's first field.
-        (cd "$dir" && chmod 0777 . && apt-get download -q $(printf '%s\n' "${want[@]}" | cut -d_ -f1) >/dev/null)
+        # (As root apt warns that its sandbox user cannot write here; that is harmless.)
+        (cd "$dir" && apt-get download -q $(printf '%s\n' "${want[@]}" | cut -d_ -f1) 2>&1 >/dev/null |
+            grep -v "unsandboxed as root" >&2) || true
+        for f in "${want[@]}"; do [ -f "$dir/$f" ] || die "apt-get download did not fetch $f"; done
     fi
     # Drop versions that are no longer wanted.
     for f in "$dir"/*.deb; do
@@ -129,7 +135,7 @@ xenvt_binary() {
     return 0
 }
 
-# stage_overlay DIR ROLE XENVT: the per-run files of one image.
+# stage_overlay DIR XENVT: the per-run files of an image (XENVT may be empty).
 stage_overlay() {
     local img=$1 xenvt=$2
     mkdir -p "$img/lab" "$img/usr/bin"
@@ -139,11 +145,9 @@ stage_overlay() {
     chmod 0755 "$img/init" "$img/usr/bin/lab-run"
     cp -r "$LAB_DIR/scenarios" "$img/lab/scenarios"
     if [ -n "$xenvt" ]; then
-        if command -v objcopy >/dev/null; then
-            objcopy --strip-debug "$xenvt" "$img/usr/bin/xenvt"
-        else
-            cp "$xenvt" "$img/usr/bin/xenvt"
-        fi
+        # Debug info is most of a release binary's size, and every byte is unpacked under TCG.
+        objcopy --strip-debug "$xenvt" "$img/usr/bin/xenvt" 2>/dev/null || cp "$xenvt" "$img/usr/bin/xenvt"
+        chmod 0755 "$img/usr/bin/xenvt"
         install_libs "$img" / "$img/usr/bin/xenvt"
     fi
 }
@@ -164,7 +168,16 @@ qemu_args() {
         -initrd "$IMAGES/vmlinux console=hvc0 earlyprintk=xen loglevel=5,$run/dom0.cpio")
 }
 
-# prepare RUNDIR MODE SCENARIOS...: writes the dom0 initramfs for this run.
+# Settings passed to the scenarios (--set NAME=VALUE).
+LAB_SETS=()
+
+# add_set NAME=VALUE: checks and records a --set.
+add_set() {
+    [[ "$1" =~ ^LAB_[A-Z0-9_]+=[^\']*$ ]] || die "--set takes LAB_NAME=VALUE (no quotes in VALUE): $1"
+    LAB_SETS+=("$1")
+}
+
+# prepare RUNDIR MODE BUILD SCENARIOS...: writes the dom0 initramfs for this run.
 prepare() {
     local run=$1 mode=$2 build=$3
     shift 3
@@ -174,14 +187,14 @@ prepare() {
     stage_overlay "$run/ov-domu" "$xenvt"
     make_cpio "$run/ov-domu" "$run/domu-overlay.cpio"
     stage_overlay "$run/ov-dom0" "$xenvt"
-    cp "$run/domu-overlay.cpio" "$run/ov-dom0/lab/domu/overlay.cpio" 2>/dev/null ||
-        { mkdir -p "$run/ov-dom0/lab/domu" && cp "$run/domu-overlay.cpio" "$run/ov-dom0/lab/domu/overlay.cpio"; }
+    mkdir -p "$run/ov-dom0/lab/domu"
+    cp "$run/domu-overlay.cpio" "$run/ov-dom0/lab/domu/overlay.cpio"
     {
         echo "LAB_MODE=$mode"
         echo "LAB_SCENARIOS='$*'"
-        [ -n "$xenvt" ] && echo "LAB_XENVT=1" || echo "LAB_XENVT=0"
         local s
         for s in "$@"; do echo "LAB_TIMEOUT_$(echo "$s" | tr -c 'A-Za-z0-9\n' _)=$(scenario_timeout "$s")"; done
+        for s in "${LAB_SETS[@]}"; do echo "export ${s%%=*}='${s#*=}'"; done
     } >"$run/ov-dom0/lab/run.conf"
     make_cpio "$run/ov-dom0" "$run/dom0-overlay.cpio"
     cat "$IMAGES/dom0-base.cpio" "$run/dom0-overlay.cpio" >"$run/dom0.cpio"
@@ -196,6 +209,7 @@ cmd_run() {
         --allow-skip) allow_skip=1 ;;
         -v | --verbose) verbose=1 ;;
         --out) out=$2; shift ;;
+        --set) add_set "$2"; shift ;;
         --) shift; break ;;
         -*) die "unknown option $1" ;;
         *) break ;;
@@ -272,11 +286,20 @@ report() {
 }
 
 cmd_shell() {
+    local build=1
+    while [ $# -gt 0 ]; do
+        case "$1" in
+        --no-build) build=0 ;;
+        --set) add_set "$2"; shift ;;
+        *) die "unknown option $1" ;;
+        esac
+        shift
+    done
     cmd_setup
     local run
     mkdir -p "$CACHE/runs"
     run=$(mktemp -d "$CACHE/runs/shell.XXXX")
-    prepare "$run" shell 1
+    prepare "$run" shell "$build"
     qemu_args "$run"
     note "dom0 shell on this terminal; 'lab-run SCENARIO' runs one, 'poweroff -f' leaves"
     qemu-system-x86_64 "${QEMU_ARGS[@]}" \
