@@ -14,7 +14,7 @@ die() {
 }
 note() { echo "lab: $*" >&2; }
 
-# shellcheck source=tools/lab/images.sh
+# shellcheck source=images.sh
 . "$LAB_DIR/images.sh"
 
 usage() {
@@ -53,14 +53,14 @@ need_host_tools() {
         command -v "$t" >/dev/null || missing+=("$t")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
-    local pkgs="qemu-system-x86 cpio xz-utils"
+    local pkgs=(qemu-system-x86 cpio xz-utils)
     if [ "$(id -u)" = 0 ]; then
-        note "installing host tools: $pkgs (missing: ${missing[*]})"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs >/dev/null ||
-            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs >/dev/null; } ||
-            die "apt-get install $pkgs failed"
+        note "installing host tools: ${pkgs[*]} (missing: ${missing[*]})"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}" >/dev/null ||
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}" >/dev/null; } ||
+            die "apt-get install ${pkgs[*]} failed"
     else
-        die "missing host tools: ${missing[*]}; run: sudo apt-get install $pkgs"
+        die "missing host tools: ${missing[*]}; run: sudo apt-get install ${pkgs[*]}"
     fi
 }
 
@@ -87,7 +87,9 @@ download_debs() {
         note "downloading ${#want[@]} packages"
         # apt-get names the files itself; the package name is the file name's first field.
         # (As root apt warns that its sandbox user cannot write here; that is harmless.)
-        (cd "$dir" && apt-get download -q $(printf '%s\n' "${want[@]}" | cut -d_ -f1) 2>&1 >/dev/null |
+        local pkgs
+        mapfile -t pkgs < <(printf '%s\n' "${want[@]}" | cut -d_ -f1)
+        (cd "$dir" && apt-get download -q "${pkgs[@]}" 2>&1 >/dev/null |
             grep -v "unsandboxed as root" >&2) || true
         for f in "${want[@]}"; do [ -f "$dir/$f" ] || die "apt-get download did not fetch $f"; done
     fi
@@ -161,7 +163,7 @@ scenario_timeout() {
 # boot_qemu RUNDIR MODE: boots the lab; MODE is run (serial to a file) or shell (stdio).
 qemu_args() {
     local run=$1
-    QEMU_ARGS=(-accel tcg,thread=multi -cpu qemu64 -m 2048 -smp "${XENVT_LAB_SMP:-2}"
+    QEMU_ARGS=(-accel "tcg,thread=multi" -cpu qemu64 -m 2048 -smp "${XENVT_LAB_SMP:-2}"
         -display none -monitor none -no-reboot -nodefaults
         -kernel "$IMAGES/xen"
         -append "console=com1 com1=115200,8n1 dom0_mem=768M,max:768M dom0_max_vcpus=1 loglvl=all guest_loglvl=all noreboot"
@@ -201,6 +203,14 @@ prepare() {
     rm -rf "$run/ov-domu" "$run/ov-dom0" "$run/domu-overlay.cpio" "$run/dom0-overlay.cpio"
 }
 
+# prune_runs: keeps the logs of the last 10 runs in the cache.
+prune_runs() {
+    mkdir -p "$CACHE/runs"
+    local old
+    old=$(find "$CACHE/runs" -mindepth 1 -maxdepth 1 -type d -printf '%T@ %p\n' | sort -rn | tail -n +10 | cut -d' ' -f2-)
+    [ -z "$old" ] || xargs -d '\n' rm -rf <<<"$old"
+}
+
 cmd_run() {
     local build=1 verbose=0 allow_skip=0 out=""
     while [ $# -gt 0 ]; do
@@ -224,7 +234,7 @@ cmd_run() {
     done
     cmd_setup
     if [ -z "$out" ]; then
-        mkdir -p "$CACHE/runs"
+        prune_runs
         out=$(mktemp -d "$CACHE/runs/$(date +%Y%m%d-%H%M%S).XXXX")
     fi
     mkdir -p "$out"
@@ -262,9 +272,9 @@ report() {
         awk -v dir="$out" '{n=$1; sub(/^[^ ]* /, ""); print > (dir "/guest-" n ".log")}'
     local s ok=1
     for s in "$@"; do
-        if grep -qx "XENVT-LAB PASS $s" "$clean"; then
+        if grep -qxF "XENVT-LAB PASS $s" "$clean"; then
             :
-        elif [ "$allow_skip" = 1 ] && grep -q "^XENVT-LAB SKIP $s\( \|$\)" "$clean"; then
+        elif [ "$allow_skip" = 1 ] && grep -q "^XENVT-LAB SKIP $s\(:\|$\)" "$clean"; then
             :
         else
             ok=0
@@ -273,9 +283,10 @@ report() {
     done
     if grep -q '^XENVT-LAB FAIL' "$clean"; then ok=0; fi
     grep -q '^XENVT-LAB DONE' "$clean" || { ok=0; note "the run did not finish (no XENVT-LAB DONE)"; }
-    local pass=$(grep -c '^XENVT-LAB PASS' "$clean" || true)
-    local fail=$(grep -c '^XENVT-LAB FAIL' "$clean" || true)
-    local skip=$(grep -c '^XENVT-LAB SKIP' "$clean" || true)
+    local pass fail skip
+    pass=$(grep -c '^XENVT-LAB PASS' "$clean" || true)
+    fail=$(grep -c '^XENVT-LAB FAIL' "$clean" || true)
+    skip=$(grep -c '^XENVT-LAB SKIP' "$clean" || true)
     note "boot to power-off: ${secs} s"
     echo "lab: $pass passed, $fail failed, $skip skipped"
     if [ "$ok" = 1 ]; then
@@ -297,7 +308,7 @@ cmd_shell() {
     done
     cmd_setup
     local run
-    mkdir -p "$CACHE/runs"
+    prune_runs
     run=$(mktemp -d "$CACHE/runs/shell.XXXX")
     prepare "$run" shell "$build"
     qemu_args "$run"

@@ -1,4 +1,4 @@
-# shellcheck shell=sh
+# shellcheck shell=sh disable=SC3028,SC3045 # busybox ash has $RANDOM and read -t
 # Helpers for the lab's init and scenarios (busybox sh, in dom0 and the domUs).
 #
 # Lines the host harness reads start with "XENVT-LAB " (PASS/FAIL/SKIP NAME, DONE);

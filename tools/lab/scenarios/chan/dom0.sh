@@ -11,7 +11,7 @@ bytes=${LAB_CHAN_BYTES:-8388608}
 
 id=$(lab_domu_create lab-chan chan) || lab_fail "cannot create the domU"
 d=/local/domain/$id/data/lab/chan
-xenstore-write "$d/orders" "$orders" && xenstore-write "$d/bytes" "$bytes" ||
+{ xenstore-write "$d/orders" "$orders" && xenstore-write "$d/bytes" "$bytes"; } ||
     lab_fail "cannot write the settings"
 lab_domu_start lab-chan
 

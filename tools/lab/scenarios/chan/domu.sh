@@ -3,7 +3,7 @@
 command -v xenvt >/dev/null || lab_fail "xenvt is not in the domU image"
 domid=$(xenstore-read domid) || lab_fail "cannot read domid"
 d=/local/domain/$domid/data/lab/chan
-orders=$(xenstore-read "$d/orders") && bytes=$(xenstore-read "$d/bytes") || lab_fail "no settings under $d"
+{ orders=$(xenstore-read "$d/orders") && bytes=$(xenstore-read "$d/bytes"); } || lab_fail "no settings under $d"
 
 for o in $orders; do
     {
