@@ -1,4 +1,4 @@
-# shellcheck shell=sh disable=SC3028,SC3045 # busybox ash has $RANDOM and read -t
+# shellcheck shell=sh disable=SC3028,SC3043,SC3045 # busybox ash has $RANDOM, local and read -t
 # Helpers for the lab's init and scenarios (busybox sh, in dom0 and the domUs).
 #
 # Lines the host harness reads start with "XENVT-LAB " (PASS/FAIL/SKIP NAME, DONE);
@@ -45,13 +45,15 @@ lab_json_field() {
     printf '%s\n' "$1" | sed -n "s/.*\"$2\" *: *\"\{0,1\}\([^\",}]*\)\"\{0,1\}.*/\1/p" | head -n 1
 }
 
-# lab_wait_node PATH TIMEOUT [VALUE]: waits, with a xenstore watch, until PATH
-# exists (and reads VALUE if given); prints the value. Fails after TIMEOUT seconds.
-lab_wait_node() {
-    _p=$1 _to=$2 _want=${3-}
+# lab_wait_until WATCH TIMEOUT COMMAND...: runs COMMAND each time the xenstore
+# node WATCH (or a special watch such as @releaseDomain) fires, until COMMAND
+# succeeds; fails after TIMEOUT seconds.
+lab_wait_until() {
+    local _w=$1 _to=$2 _fifo _wpid _end _rc _left
+    shift 2
     _fifo=$LAB_RUN/watch.$$.$RANDOM$RANDOM
     mkfifo "$_fifo"
-    xenstore-watch "$_p" >"$_fifo" 2>/dev/null &
+    xenstore-watch "$_w" >"$_fifo" 2>/dev/null &
     _wpid=$!
     exec 8<"$_fifo"
     _end=$(($(date +%s) + _to))
@@ -59,7 +61,7 @@ lab_wait_node() {
     while :; do
         # A watch fires once when it is set, so the first read below returns at
         # once, and every later change wakes us: no change can be missed.
-        if _v=$(xenstore-read "$_p" 2>/dev/null) && { [ -z "$_want" ] || [ "$_v" = "$_want" ]; }; then
+        if "$@"; then
             _rc=0
             break
         fi
@@ -67,7 +69,7 @@ lab_wait_node() {
         [ "$_left" -gt 0 ] || break
         read -t "$_left" -r _ <&8 || {
             # Timed out, or the watcher died: one last look.
-            if _v=$(xenstore-read "$_p" 2>/dev/null) && { [ -z "$_want" ] || [ "$_v" = "$_want" ]; }; then _rc=0; fi
+            if "$@"; then _rc=0; fi
             break
         }
     done
@@ -75,8 +77,19 @@ lab_wait_node() {
     wait "$_wpid" 2>/dev/null
     exec 8<&-
     rm -f "$_fifo"
-    [ "$_rc" = 0 ] && printf '%s\n' "$_v"
     return "$_rc"
+}
+
+# _lab_node_is PATH [VALUE]: PATH exists (and holds VALUE); keeps it in $_v.
+_lab_node_is() {
+    _v=$(xenstore-read "$1" 2>/dev/null) && { [ -z "${2-}" ] || [ "$_v" = "$2" ]; }
+}
+
+# lab_wait_node PATH TIMEOUT [VALUE]: waits until PATH exists (and reads VALUE
+# if given); prints the value. Fails after TIMEOUT seconds.
+lab_wait_node() {
+    lab_wait_until "$1" "$2" _lab_node_is "$1" "${3-}" || return 1
+    printf '%s\n' "$_v"
 }
 
 # ---------------------------------------------------------------- dom0 side
@@ -117,11 +130,21 @@ lab_domu_wait() {
     return "$_st"
 }
 
-# lab_domu_logs: destroys every domU and prints their console logs.
+# _lab_no_domus: only dom0 is left.
+_lab_no_domus() { [ "$(xl list 2>/dev/null | awk 'NR > 2' | wc -l)" = 0 ]; }
+
+# lab_domu_logs: destroys every domU, prints their console logs, and fails if
+# a domain outlives its destruction (a leaked mapping keeps a dying domain).
 lab_domu_logs() {
+    local _id _gone _f _n
     for _id in $(xl list | awk 'NR > 2 { print $2 }'); do
-        xl destroy "$_id" >/dev/null 2>&1
+        xl destroy "$_id" >"$LAB_RUN/destroy.log" 2>&1 || {
+            cat "$LAB_RUN/destroy.log"
+            lab_log "xl destroy $_id failed"
+        }
     done
+    _gone=0
+    lab_wait_until @releaseDomain 10 _lab_no_domus || _gone=1
     for _f in /var/log/xen/console/guest-*.log; do
         [ -f "$_f" ] || continue
         _n=$(basename "$_f" .log)
@@ -129,12 +152,15 @@ lab_domu_logs() {
         tr -d '\r' <"$_f" | sed "s/^/[domU $_n] /"
         mv "$_f" "$LAB_RUN/printed-$_n.$RANDOM$RANDOM.log"
     done
+    if [ "$_gone" != 0 ]; then
+        xl list
+        return 1
+    fi
 }
 
 # lab_run_scenario NAME TIMEOUT: runs one scenario's dom0.sh and prints its verdict.
 lab_run_scenario() {
-    _s=$1 _to=$2
-    _dir=/lab/scenarios/$_s
+    local _s=$1 _to=$2 _dir=/lab/scenarios/$1 _t0 _spid _rc _secs
     rm -f "$LAB_RUN/skip-reason" "$LAB_RUN/fail-reason"
     if [ ! -f "$_dir/dom0.sh" ]; then
         echo "XENVT-LAB FAIL $_s: no such scenario"
@@ -149,7 +175,10 @@ lab_run_scenario() {
     _rc=$?
     kill -KILL -- "-$_spid" 2>/dev/null
     _secs=$(lab_since "$_t0")
-    lab_domu_logs
+    lab_domu_logs || {
+        [ "$_rc" != 0 ] && [ "$_rc" != 77 ] || _rc=1
+        echo "destroyed domains are still there (a leaked mapping or grant?)" >>"$LAB_RUN/fail-reason"
+    }
     case "$_rc" in
     0) echo "XENVT-LAB PASS $_s" ;;
     77) echo "XENVT-LAB SKIP $_s: $(cat "$LAB_RUN/skip-reason" 2>/dev/null)" ;;
@@ -161,7 +190,8 @@ lab_run_scenario() {
 
 # lab_dom0_up: starts xenstored, the dom0 nodes and xenconsoled.
 lab_dom0_up() {
-    mkdir -p "$LAB_RUN" /var/run/xenstored /var/lib/xenstored /var/log/xen/console /var/lib/xen
+    # libxl needs /run/xen for its lock files, or 'xl destroy' leaves the domain behind.
+    mkdir -p "$LAB_RUN" /run/xen /run/xenstored /var/lib/xenstored /var/log/xen/console /var/lib/xen
     xenstored --pid-file /run/xenstored.pid || lab_log "xenstored failed"
     _i=0
     until xenstore-exists / 2>/dev/null; do
@@ -189,6 +219,8 @@ lab_dom0_main() {
         eval "_to=\${LAB_TIMEOUT_$(echo "$_s" | tr -c 'A-Za-z0-9\n' _):-180}"
         lab_run_scenario "$_s" "$_to"
     done
+    echo "[xen] ---- xl list"
+    xl list | sed 's/^/[xen] /'
     echo "[xen] ---- xl dmesg"
     xl dmesg | tr -d '\r' | sed 's/^/[xen] /'
     lab_log "done at $(lab_now) s"
