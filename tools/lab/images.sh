@@ -149,7 +149,13 @@ build_images() {
     stage_xen "$dom0" "$root" "${DOM0_XEN_PROGS[@]}"
     mkdir -p "$dom0/etc/xen" "$dom0/lab/domu"
     cp "$root/etc/xen/xl.conf" "$dom0/etc/xen/xl.conf"
-    cp "$work/domu-vmlinuz.gz" "$dom0/lab/domu/vmlinuz.gz"
+    # xl create loads a raw ELF kernel about 2 s faster under TCG than a gzip -1
+    # one (measured: 4.5 s against 6.9 s), for 54 MB more in dom0's image.
+    if [ "${XENVT_LAB_DOMU_GZ:-0}" = 1 ]; then
+        cp "$work/domu-vmlinuz.gz" "$dom0/lab/domu/vmlinuz.gz"
+    else
+        cp "$work/vmlinux" "$dom0/lab/domu/vmlinux"
+    fi
     cp "$work/domu-base.cpio" "$dom0/lab/domu/base.cpio"
     make_cpio "$dom0" "$work/dom0-base.cpio"
 

@@ -40,8 +40,11 @@ environment:
   XENVT_LAB_CACHE       cache dir (default ~/.cache/xenvt-lab)
   XENVT_LAB_XENVT       a prebuilt xenvt binary to put in the images (skips cargo build)
   XENVT_LAB_SMP         QEMU CPUs (default 2)
+  XENVT_LAB_XEN_ARGS    extra Xen command line
+  XENVT_LAB_DOM0_ARGS   extra dom0 kernel command line (no commas)
   XENVT_LAB_TIMEOUT     seconds before QEMU is killed (default: 120 + the scenarios' timeouts)
   XENVT_LAB_KERNEL_PKG  the Debian kernel package (default: what linux-image-amd64 depends on)
+  XENVT_LAB_DOMU_GZ     1: give domUs a gzip -1 kernel (smaller dom0 image, slower xl create)
 EOF
 }
 
@@ -101,11 +104,16 @@ download_debs() {
 }
 
 cmd_setup() {
+    mkdir -p "$CACHE"
+    # One setup at a time per cache; a second run waits for the first one's images.
+    exec 9>"$CACHE/.lock"
+    flock 9
     need_host_tools
     local names key
     names=$(download_debs "$CACHE/debs")
-    key=$({ echo "$names"; cat "$LAB_DIR/images.sh"; } | sha256sum | cut -d' ' -f1)
+    key=$({ echo "$names" "${XENVT_LAB_DOMU_GZ:-0}"; cat "$LAB_DIR/images.sh"; } | sha256sum | cut -d' ' -f1)
     if [ -f "$IMAGES/key" ] && [ "$(cat "$IMAGES/key")" = "$key" ]; then
+        flock -u 9
         return 0
     fi
     note "building the images in $IMAGES"
@@ -113,6 +121,7 @@ cmd_setup() {
     build_images "$CACHE/debs" "$IMAGES"
     echo "$key" >"$IMAGES/key"
     note "images built in $((SECONDS - t0)) s ($(du -sh "$CACHE" | cut -f1) in the cache)"
+    flock -u 9
 }
 
 # ---------------------------------------------------------------- run
@@ -166,8 +175,8 @@ qemu_args() {
     QEMU_ARGS=(-accel "tcg,thread=multi" -cpu qemu64 -m 2048 -smp "${XENVT_LAB_SMP:-2}"
         -display none -monitor none -no-reboot -nodefaults
         -kernel "$IMAGES/xen"
-        -append "console=com1 com1=115200,8n1 dom0_mem=768M,max:768M dom0_max_vcpus=1 loglvl=all guest_loglvl=all noreboot"
-        -initrd "$IMAGES/vmlinux console=hvc0 earlyprintk=xen loglevel=5,$run/dom0.cpio")
+        -append "console=com1 com1=115200,8n1 dom0_mem=768M,max:768M dom0_max_vcpus=1 loglvl=all guest_loglvl=all noreboot ${XENVT_LAB_XEN_ARGS:-}"
+        -initrd "$IMAGES/vmlinux console=hvc0 earlyprintk=xen loglevel=5 ${XENVT_LAB_DOM0_ARGS:-},$run/dom0.cpio")
 }
 
 # Settings passed to the scenarios (--set NAME=VALUE).
@@ -201,6 +210,23 @@ prepare() {
     make_cpio "$run/ov-dom0" "$run/dom0-overlay.cpio"
     cat "$IMAGES/dom0-base.cpio" "$run/dom0-overlay.cpio" >"$run/dom0.cpio"
     rm -rf "$run/ov-domu" "$run/ov-dom0" "$run/domu-overlay.cpio" "$run/dom0-overlay.cpio"
+}
+
+# now_ms: wall-clock milliseconds.
+now_ms() {
+    local t=${EPOCHREALTIME/[.,]/}
+    echo $((t / 1000))
+}
+
+# ms_to_s MS: seconds with one decimal.
+ms_to_s() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }
+
+# stamp_lines T0_MS: prefixes each line with the seconds since T0_MS.
+stamp_lines() {
+    local line
+    while IFS= read -r line; do
+        printf '%7ss %s\n' "$(ms_to_s $(($(now_ms) - $1)))" "${line%$'\r'}"
+    done
 }
 
 # prune_runs: keeps the logs of the last 10 runs in the cache.
@@ -244,21 +270,20 @@ cmd_run() {
     : >"$log"
     note "booting Xen (scenarios: $*; log: $log)"
     local t0 t1 rc=0
-    t0=$(date +%s.%N)
+    t0=$(now_ms)
     timeout -k 5 "${XENVT_LAB_TIMEOUT:-$total}" qemu-system-x86_64 "${QEMU_ARGS[@]}" \
         -chardev "file,id=ser0,path=$log" -serial chardev:ser0 </dev/null &
     local qpid=$!
-    if [ "$verbose" = 1 ]; then
-        tail --pid="$qpid" -n +1 -F "$log" 2>/dev/null | tr -d '\r' || true
-    else
-        tail --pid="$qpid" -n +1 -F "$log" 2>/dev/null | tr -d '\r' |
-            grep --line-buffered -E '^(XENVT-LAB|\[lab\])' || true
-    fi
+    # Live view, each line stamped with the seconds since QEMU started.
+    local pattern='^(XENVT-LAB|\[lab\])'
+    [ "$verbose" = 1 ] && pattern=''
+    tail --pid="$qpid" -n +1 -F "$log" 2>/dev/null |
+        grep --line-buffered -E "$pattern" | stamp_lines "$t0" || true
     wait "$qpid" || rc=$?
-    t1=$(date +%s.%N)
+    t1=$(now_ms)
     rm -f "$out/dom0.cpio"
     [ "$rc" = 124 ] && note "QEMU timed out"
-    report "$out" "$allow_skip" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')" "$@"
+    report "$out" "$allow_skip" "$(ms_to_s $((t1 - t0)))" "$@"
 }
 
 # report OUT ALLOW_SKIP SECONDS SCENARIO...: judges the serial log.

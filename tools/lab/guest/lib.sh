@@ -99,10 +99,12 @@ lab_wait_node() {
 # Write what the guest needs under its data/ node, then lab_domu_start NAME.
 lab_domu_create() {
     _name=$1 _scen=${2-} _mem=${3:-256}
+    _kernel=/lab/domu/vmlinux
+    [ -f "$_kernel" ] || _kernel=/lab/domu/vmlinuz.gz
     cat >"$LAB_RUN/$_name.cfg" <<EOF
 name = "$_name"
 type = "pv"
-kernel = "/lab/domu/vmlinuz.gz"
+kernel = "$_kernel"
 ramdisk = "$LAB_RUN/domu.cpio"
 extra = "console=hvc0 loglevel=5 lab.scenario=$_scen"
 memory = $_mem
