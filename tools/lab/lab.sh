@@ -274,12 +274,21 @@ cmd_run() {
     timeout -k 5 "${XENVT_LAB_TIMEOUT:-$total}" qemu-system-x86_64 "${QEMU_ARGS[@]}" \
         -chardev "file,id=ser0,path=$log" -serial chardev:ser0 </dev/null &
     local qpid=$!
+    # A panicked dom0 or hypervisor never powers off: stop QEMU at once.
+    # (grep reads a process substitution so that it need not wait for tail to end.)
+    (grep -m 1 -E 'Kernel panic - not syncing|Panic on CPU [0-9]+' \
+        < <(tail --pid="$qpid" -n +1 -F "$log" 2>/dev/null) >"$out/panic" &&
+        kill "$qpid" 2>/dev/null) &
+    local watch=$!
     # Live view, each line stamped with the seconds since QEMU started.
     local pattern='^(XENVT-LAB|\[lab\])'
     [ "$verbose" = 1 ] && pattern=''
     tail --pid="$qpid" -n +1 -F "$log" 2>/dev/null |
         grep --line-buffered -E "$pattern" | stamp_lines "$t0" || true
     wait "$qpid" || rc=$?
+    kill "$watch" 2>/dev/null || true
+    wait "$watch" 2>/dev/null || true
+    [ -s "$out/panic" ] && note "stopped QEMU after a panic: $(tr -d '\r' <"$out/panic")"
     t1=$(now_ms)
     rm -f "$out/dom0.cpio"
     [ "$rc" = 124 ] && note "QEMU timed out"
@@ -295,23 +304,23 @@ report() {
     # One file per guest console, for reading.
     sed -n 's/^\[domU \([A-Za-z0-9_.-]*\)\] \{0,1\}/\1 /p' "$clean" |
         awk -v dir="$out" '{n=$1; sub(/^[^ ]* /, ""); print > (dir "/guest-" n ".log")}'
-    local s ok=1
+    # Each requested scenario counts once: passed, skipped, or failed (which
+    # includes never reported, e.g. after a panic or a timeout).
+    local s ok=1 pass=0 fail=0 skip=0
     for s in "$@"; do
         if grep -qxF "XENVT-LAB PASS $s" "$clean"; then
-            :
-        elif [ "$allow_skip" = 1 ] && grep -q "^XENVT-LAB SKIP $s\(:\|$\)" "$clean"; then
-            :
+            pass=$((pass + 1))
+        elif grep -q "^XENVT-LAB SKIP $s\(:\|$\)" "$clean"; then
+            skip=$((skip + 1))
+            [ "$allow_skip" = 1 ] || { ok=0; note "scenario $s skipped (--allow-skip accepts that)"; }
         else
+            fail=$((fail + 1))
             ok=0
             note "scenario $s did not pass"
         fi
     done
     if grep -q '^XENVT-LAB FAIL' "$clean"; then ok=0; fi
     grep -q '^XENVT-LAB DONE' "$clean" || { ok=0; note "the run did not finish (no XENVT-LAB DONE)"; }
-    local pass fail skip
-    pass=$(grep -c '^XENVT-LAB PASS' "$clean" || true)
-    fail=$(grep -c '^XENVT-LAB FAIL' "$clean" || true)
-    skip=$(grep -c '^XENVT-LAB SKIP' "$clean" || true)
     note "boot to power-off: ${secs} s"
     echo "lab: $pass passed, $fail failed, $skip skipped"
     if [ "$ok" = 1 ]; then

@@ -1,7 +1,8 @@
 # xenvt's channel on real Xen: checked bytes both ways for several ring orders.
 # The domU serves (grants the rings), dom0 connects; each end prints one JSON
 # line, and the digests must agree across the ends.
-# Settings (lab.sh run --set NAME=VALUE): LAB_CHAN_ORDERS, LAB_CHAN_BYTES (each way, each order).
+# Settings (lab.sh run --set NAME=VALUE): LAB_CHAN_ORDERS, LAB_CHAN_BYTES (each way, each order),
+# LAB_XENVT_LOG (XENVT_LOG for both ends, e.g. debug).
 
 command -v xenvt >/dev/null || lab_skip "xenvt is not in the images (its build failed, or --no-build without a binary)"
 xenvt chan --help >/dev/null 2>&1 || lab_skip "this xenvt has no 'chan' command yet"
@@ -11,8 +12,9 @@ bytes=${LAB_CHAN_BYTES:-8388608}
 
 id=$(lab_domu_create lab-chan chan) || lab_fail "cannot create the domU"
 d=/local/domain/$id/data/lab/chan
-{ xenstore-write "$d/orders" "$orders" && xenstore-write "$d/bytes" "$bytes"; } ||
-    lab_fail "cannot write the settings"
+{ xenstore-write "$d/orders" "$orders" && xenstore-write "$d/bytes" "$bytes" &&
+    xenstore-write "$d/xenvt_log" "${LAB_XENVT_LOG:-warn}"; } || lab_fail "cannot write the settings"
+export XENVT_LOG="${LAB_XENVT_LOG:-warn}"
 lab_domu_start lab-chan
 
 # check_end NAME JSON: the end moved every byte and printed its digests.

@@ -4,6 +4,8 @@ command -v xenvt >/dev/null || lab_fail "xenvt is not in the domU image"
 domid=$(xenstore-read domid) || lab_fail "cannot read domid"
 d=/local/domain/$domid/data/lab/chan
 { orders=$(xenstore-read "$d/orders") && bytes=$(xenstore-read "$d/bytes"); } || lab_fail "no settings under $d"
+XENVT_LOG=$(xenstore-read "$d/xenvt_log") || XENVT_LOG=warn
+export XENVT_LOG
 
 for o in $orders; do
     {
