@@ -2,7 +2,7 @@
 # dom0 is the vchan client (stdin/stdout mode); the domU is the server, granting the rings.
 # Settings (lab.sh run --set NAME=VALUE): LAB_VCHAN_REF_BYTES (each way).
 
-bytes=${LAB_VCHAN_REF_BYTES:-2097152}
+bytes=${LAB_VCHAN_REF_BYTES:-1048576}
 [ -x "$(command -v vchan-socket-proxy)" ] || lab_fail "vchan-socket-proxy is not in the image"
 
 head -c "$bytes" /dev/urandom >"$LAB_RUN/vref-a.bin"
