@@ -17,7 +17,13 @@ lab_now() { cut -d' ' -f1 /proc/uptime; }
 lab_since() { awk -v a="$1" -v b="$(lab_now)" 'BEGIN { printf "%.2f", b - a }'; }
 
 # lab_rate BYTES SECONDS: MB/s (10^6 bytes).
-lab_rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s <= 0) s = 0.01; printf "%.1f", n / s / 1e6 }'; }
+lab_rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s <= 0) s = 0.01; printf "%.2f", n / s / 1e6 }'; }
+
+# lab_pct BYTES_A SECONDS_A BYTES_B SECONDS_B: rate A as a percentage of rate B.
+lab_pct() {
+    awk -v a="$1" -v sa="$2" -v b="$3" -v sb="$4" \
+        'BEGIN { if (sa <= 0) sa = 0.01; if (sb <= 0) sb = 0.01; printf "%.1f", 100 * (a / sa) / (b / sb) }'
+}
 
 # lab_skip REASON: ends the scenario as skipped (exit status 77).
 lab_skip() {

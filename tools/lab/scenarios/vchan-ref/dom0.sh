@@ -1,6 +1,7 @@
 # Xen's vchan-socket-proxy moves checked data both ways (the images carry libxenvchan).
 # dom0 is the vchan client (stdin/stdout mode); the domU is the server, granting the rings.
-# Settings (lab.sh run --set NAME=VALUE): LAB_VCHAN_REF_BYTES (each way).
+# Settings (lab.sh run --set NAME=VALUE): LAB_VCHAN_REF_BYTES (each way), LAB_UNIX_BYTES (the
+# dom0 unix-socket baseline).
 
 bytes=${LAB_VCHAN_REF_BYTES:-1048576}
 [ -x "$(command -v vchan-socket-proxy)" ] || lab_fail "vchan-socket-proxy is not in the image"
@@ -45,3 +46,27 @@ lab_log "vchan-socket-proxy, $bytes bytes each way in turn, sha256 checked:" \
     "dom0->domU ${secs_a} s ($(lab_rate "$bytes" "$secs_a") MB/s)," \
     "domU->dom0 ${secs_b} s ($(lab_rate "$bytes" "$secs_b") MB/s)"
 lab_domu_wait "$id" 60 || lab_fail "the domU side failed (status $?)"
+
+# The same boot's dom0 unix-socket copy (socat to socat), the yardstick the
+# design's figures use; TCG speed varies between boots, so only ratios within
+# one boot mean anything.
+ubytes=${LAB_UNIX_BYTES:-67108864}
+rm -f "$LAB_RUN/unix.sock"
+socat -u -b 65536 UNIX-LISTEN:"$LAB_RUN/unix.sock" - | wc -c >"$LAB_RUN/unix.count" &
+sink=$!
+i=0
+until [ -S "$LAB_RUN/unix.sock" ]; do
+    i=$((i + 1))
+    [ "$i" -lt 500 ] || lab_fail "socat did not listen"
+    usleep 20000
+done
+t0=$(lab_now)
+socat -u -b 65536 OPEN:/dev/zero,readbytes="$ubytes" UNIX-CONNECT:"$LAB_RUN/unix.sock" ||
+    lab_fail "unix-socket copy failed"
+wait "$sink"
+secs_u=$(lab_since "$t0")
+[ "$(cat "$LAB_RUN/unix.count")" = "$ubytes" ] || lab_fail "unix-socket copy moved $(cat "$LAB_RUN/unix.count") bytes, want $ubytes"
+rate_u=$(lab_rate "$ubytes" "$secs_u")
+lab_log "dom0 unix-socket copy: $ubytes bytes in $secs_u s ($rate_u MB/s);" \
+    "vchan-socket-proxy reaches $(lab_pct "$bytes" "$secs_a" "$ubytes" "$secs_u")% (dom0->domU)" \
+    "and $(lab_pct "$bytes" "$secs_b" "$ubytes" "$secs_u")% (domU->dom0) of it"
