@@ -22,7 +22,7 @@ usage() {
 usage: lab.sh COMMAND [ARGS]
 
   setup                 get the packages and build the cached images (idempotent)
-  run [OPTIONS] SCENARIO...
+  run [OPTIONS] SCENARIO...|all
                         boot Xen once, run the scenarios in order, power off;
                         exits 0 only if every scenario printed XENVT-LAB PASS
       --allow-skip      a scenario that skips (e.g. a command not built yet) is not a failure
@@ -253,6 +253,11 @@ cmd_run() {
         shift
     done
     [ $# -gt 0 ] || die "name at least one scenario (lab.sh list)"
+    if [ "$*" = all ]; then
+        local all
+        mapfile -t all < <(cd "$LAB_DIR/scenarios" && ls)
+        set -- "${all[@]}"
+    fi
     local s total=120
     for s in "$@"; do
         [ -f "$LAB_DIR/scenarios/$s/dom0.sh" ] || die "no scenario '$s' (lab.sh list)"

@@ -42,7 +42,7 @@ for o in $orders; do
     fi
     mine=$(grep '^{' "$LAB_RUN/chan-$o.out" | tail -n 1)
     theirs=$(lab_wait_node "$d/$o/result" 120) || lab_fail "order $o: the domU reported no result"
-    urc=$(xenstore-read "$d/$o/rc")
+    urc=$(lab_wait_node "$d/$o/rc" 10) || lab_fail "order $o: the domU reported no exit status"
     [ "$urc" = 0 ] || lab_fail "order $o: xenvt chan serve exited $urc"
     check_end dom0 "$mine"
     check_end domU "$theirs"

@@ -24,7 +24,8 @@ for o in $orders; do
     rc=$(cat "/run/serve-$o.rc")
     [ "$rc" = 0 ] || tail -n 20 "/run/serve-$o.err"
     cat "/run/serve-$o.out"
-    xenstore-write "$d/$o/result" "$(grep '^{' "/run/serve-$o.out" | tail -n 1)"
+    # rc first: dom0 reads it once the result is there.
     xenstore-write "$d/$o/rc" "$rc"
+    xenstore-write "$d/$o/result" "$(grep '^{' "/run/serve-$o.out" | tail -n 1)"
     [ "$rc" = 0 ] || exit 1
 done
