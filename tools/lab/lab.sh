@@ -134,7 +134,7 @@ xenvt_binary() {
         echo "$XENVT_LAB_XENVT"
         return
     fi
-    local bin="$REPO/target/release/xenvt"
+    local bin="${CARGO_TARGET_DIR:-$REPO/target}/release/xenvt"
     if [ "$build" = 1 ]; then
         note "cargo build --release -p xenvt"
         if ! (cd "$REPO" && cargo build --release -p xenvt >&2); then
@@ -169,7 +169,7 @@ scenario_timeout() {
     if [ -f "$f" ]; then tr -dc 0-9 <"$f"; else echo 180; fi
 }
 
-# boot_qemu RUNDIR MODE: boots the lab; MODE is run (serial to a file) or shell (stdio).
+# qemu_args RUNDIR: sets QEMU_ARGS, all but the serial port.
 qemu_args() {
     local run=$1
     QEMU_ARGS=(-accel "tcg,thread=multi" -cpu qemu64 -m 2048 -smp "${XENVT_LAB_SMP:-2}"
@@ -269,6 +269,9 @@ cmd_run() {
         out=$(mktemp -d "$CACHE/runs/$(date +%Y%m%d-%H%M%S).XXXX")
     fi
     mkdir -p "$out"
+    # The run's initramfs is big: never leave it behind, even on Ctrl-C.
+    # shellcheck disable=SC2064
+    trap "rm -f '$out/dom0.cpio'" EXIT
     prepare "$out" run "$build" "$@"
     qemu_args "$out"
     local log=$out/serial.log
@@ -349,6 +352,8 @@ cmd_shell() {
     local run
     prune_runs
     run=$(mktemp -d "$CACHE/runs/shell.XXXX")
+    # shellcheck disable=SC2064
+    trap "rm -f '$run/dom0.cpio'" EXIT
     prepare "$run" shell "$build"
     qemu_args "$run"
     note "dom0 shell on this terminal; 'lab-run SCENARIO' runs one, 'poweroff -f' leaves"
