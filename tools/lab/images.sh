@@ -55,7 +55,9 @@ elf_libs() {
 install_libs() {
     local img=$1 root=$2
     shift 2
-    local lib
+    local lib libs
+    # Not a process substitution: a missing library must stop the build.
+    libs=$(elf_libs "$root" "$@")
     mkdir -p "$img/usr/lib/x86_64-linux-gnu" "$img/lib64"
     while read -r lib; do
         [ -n "$lib" ] || continue
@@ -63,7 +65,7 @@ install_libs() {
         */ld-linux-x86-64.so.2) cp -L "$lib" "$img/lib64/ld-linux-x86-64.so.2" ;;
         *) cp -L "$lib" "$img/usr/lib/x86_64-linux-gnu/$(basename "$lib")" ;;
         esac
-    done < <(elf_libs "$root" "$@")
+    done <<<"$libs"
 }
 
 # stage_base IMG ROOT: the part both images share: busybox, xenstore tools,
