@@ -220,8 +220,11 @@ lab_dom0_main() {
     lab_log "dom0 up at $(lab_now) s since its kernel started"
     if [ "$LAB_MODE" = shell ]; then
         echo "lab: this is dom0. 'lab-run SCENARIO' runs a scenario; 'poweroff -f' stops the lab."
-        setsid cttyhack sh -l
-        poweroff -f
+        # Respawned, so a helper's exit (lab_fail) does not end the lab.
+        while :; do
+            setsid cttyhack sh -l
+            echo "lab: the shell ended; 'poweroff -f' stops the lab"
+        done
     fi
     for _s in $LAB_SCENARIOS; do
         eval "_to=\${LAB_TIMEOUT_$(echo "$_s" | tr -c 'A-Za-z0-9\n' _):-180}"
