@@ -8,8 +8,10 @@ XENVT_LOG=$(xenstore-read "$d/xenvt_log") || XENVT_LOG=warn
 export XENVT_LOG
 
 for o in $orders; do
+    # Two rings inside the control page need different orders (10 and 11), as in vchan.
+    case $o in 10) other=11 ;; 11) other=10 ;; *) other=$o ;; esac
     {
-        xenvt chan serve --path "data/xenvt-lab/$o" --peer 0 --order "$o" \
+        xenvt chan serve --path "data/xenvt-lab/$o" --peer 0 --left-order "$o" --right-order "$other" \
             --send "$bytes" --recv "$bytes" --send-seed 1 --recv-seed 2 2>"/run/serve-$o.err"
         echo $? >"/run/serve-$o.rc"
     } | {
