@@ -5,18 +5,38 @@
 //! pattern stream and checks what it receives, byte by byte, then prints one JSON
 //! [`ChanReport`]. The platform comes from the environment: the simulated host
 //! when `XENVT_SIM_DEV` is set, the real Xen devices otherwise.
+//!
+//! The same transfer also runs over a unix socket (`xenvt chan unix`), so that the
+//! far end of another transport (libxenvchan's `vchan-socket-proxy`) and a plain
+//! socket baseline are measured and checked exactly as the channel is.
+//!
+//! Timing across domains cannot use one clock, so a transfer can be framed by
+//! single bytes outside the pattern: `--go` (sent first) and `--wait-go` (read
+//! first; the clock starts there), `--ack` (sent once everything arrived) and
+//! `--wait-ack` (read last; the clock stops there). One end then times the whole
+//! transfer from "the other end is there" to "the other end has everything".
 
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
+use anyhow::{anyhow, bail, ensure, Context};
 use clap::{Args, Subcommand};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use xenvt_ring::xenstore::Xenstore;
 use xenvt_ring::ChannelStream;
 
 use crate::pattern::{Checker, Source};
+
+/// The framing byte of `--go`/`--wait-go`.
+const GO: u8 = 0x47;
+/// The framing byte of `--ack`/`--wait-ack`.
+const ACK: u8 = 0x06;
 
 /// Arguments of `xenvt chan`.
 #[derive(Args, Debug)]
@@ -38,6 +58,31 @@ pub struct ChanArgs {
     /// Size of each write.
     #[arg(long, global = true, default_value_t = 64 << 10)]
     chunk: usize,
+    /// Send one go byte before anything else.
+    #[arg(long, global = true)]
+    go: bool,
+    /// Read the peer's go byte before anything else (and before sending); the
+    /// clock starts when it arrives.
+    #[arg(long, global = true)]
+    wait_go: bool,
+    /// Once every `--recv` byte arrived, send one acknowledgement byte (after our
+    /// own `--send` bytes).
+    #[arg(long, global = true, requires = "recv")]
+    ack: bool,
+    /// After the `--recv` bytes, read the peer's acknowledgement byte; the clock
+    /// stops when it arrives.
+    #[arg(long, global = true)]
+    wait_ack: bool,
+    /// Instead of a transfer, do this many one-byte round trips (the peer runs `--pong`).
+    #[arg(long, global = true, conflicts_with_all = ["pong", "send", "recv"])]
+    ping: Option<u64>,
+    /// Instead of a transfer, echo this many bytes back as they arrive.
+    #[arg(long, global = true, conflicts_with_all = ["send", "recv"])]
+    pong: Option<u64>,
+    /// Print `progress N` once N bytes have been received (an event for tests that
+    /// must act mid-transfer).
+    #[arg(long, global = true)]
+    progress: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -67,6 +112,20 @@ enum Mode {
         path: String,
         #[arg(long)]
         peer: u16,
+        /// Stop (and unmap) when domain `--peer` goes away: on each `@releaseDomain`,
+        /// look whether `/local/domain/<peer>` is still there. A destroyed domain
+        /// runs no unmap-notify, so its live byte is never cleared.
+        #[arg(long)]
+        watch_domain: bool,
+    },
+    /// The same transfer over a unix stream socket: connect to `--connect`
+    /// (prints `connected`), or accept one connection on `--listen` (prints `ready`
+    /// once bound).
+    Unix {
+        #[arg(long, conflicts_with = "listen", required_unless_present = "listen")]
+        connect: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<PathBuf>,
     },
 }
 
@@ -81,13 +140,43 @@ pub struct ChanReport {
     pub received_sha256: String,
     /// sha256 of what was sent, so the other end's view can be cross-checked.
     pub sent_sha256: String,
-    /// Seconds from connection to the end of both directions.
+    /// Seconds from connection (or the go byte, with `--wait-go`) to the end of
+    /// both directions (or the acknowledgement, with `--wait-ack`).
     pub secs: f64,
+    /// Round trips done (`--ping`).
+    #[serde(default)]
+    pub round_trips: u64,
+    /// Median round trip in microseconds (`--ping`).
+    #[serde(default)]
+    pub rtt_median_us: f64,
+}
+
+/// Progress shared with whoever reports a failure.
+#[derive(Default)]
+struct Counts {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Counts {
+    /// The error for a peer that went away mid-transfer.
+    fn cut(&self, a: &ChanArgs, what: &str) -> anyhow::Error {
+        let got = self.received.load(Ordering::Relaxed);
+        let sent = self.sent.load(Ordering::Relaxed);
+        match a.recv {
+            Some(w) => anyhow!(
+                "{what} after {got} of {w} bytes (sent {sent} of {})",
+                a.send
+            ),
+            None => anyhow!("{what} after {got} bytes (sent {sent} of {})", a.send),
+        }
+    }
 }
 
 /// Runs one end.
 pub async fn run(a: ChanArgs) -> anyhow::Result<()> {
-    let s = match &a.mode {
+    let counts = Arc::new(Counts::default());
+    let report = match &a.mode {
         Mode::Serve {
             path,
             peer,
@@ -101,26 +190,133 @@ pub async fn run(a: ChanArgs) -> anyhow::Result<()> {
             };
             let s = serve_with(path, *peer, cfg).await?;
             println!("ready");
-            s
+            play(s, &a, &counts).await?
         }
-        Mode::Connect { path, peer } => {
-            let s = connect(path, *peer).await?;
-            println!("connected");
-            s
+        Mode::Connect {
+            path,
+            peer,
+            watch_domain,
+        } => {
+            let xs = xenvt_ring::xenstore::XsClient::connect().await?;
+            // Watch before mapping, so a death during setup is not missed.
+            let gone = if *watch_domain {
+                Some(domain_gone(xs.clone(), *peer).await?)
+            } else {
+                None
+            };
+            let platform = xenvt_ring::platform::from_env()?;
+            let ch = xenvt_ring::Channel::connect_xs(&*platform, &xs, *peer, path);
+            let work = async {
+                let ch = ch
+                    .await
+                    .with_context(|| format!("connect to the channel at {path}"))?;
+                let s = ChannelStream::new(ch)?;
+                println!("connected");
+                play(s, &a, &counts).await
+            };
+            match gone {
+                None => work.await?,
+                Some(gone) => {
+                    tokio::select! {
+                        r = work => r?,
+                        // Dropping `work` unmaps the channel, which is what lets Xen
+                        // finish destroying the domain.
+                        () = gone => return Err(counts.cut(&a, &format!("domain {peer} went away"))),
+                    }
+                }
+            }
+        }
+        Mode::Unix { connect, listen } => {
+            if let Some(p) = listen {
+                let _ = std::fs::remove_file(p);
+                let l = tokio::net::UnixListener::bind(p)
+                    .with_context(|| format!("bind {}", p.display()))?;
+                println!("ready");
+                let (s, _) = l.accept().await.context("accept")?;
+                drop(l);
+                let _ = std::fs::remove_file(p);
+                play(s, &a, &counts).await?
+            } else {
+                let p = connect.as_ref().context("--connect or --listen")?;
+                let s = tokio::net::UnixStream::connect(p)
+                    .await
+                    .with_context(|| format!("connect to {}", p.display()))?;
+                println!("connected");
+                play(s, &a, &counts).await?
+            }
         }
     };
-    let report = transfer(s, &a).await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// Resolves once `/local/domain/<peer>` is gone after an `@releaseDomain`.
+async fn domain_gone(
+    xs: xenvt_ring::xenstore::XsClient,
+    peer: u16,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut w = xs.watch("@releaseDomain").await?;
+    let home = format!("/local/domain/{peer}");
+    Ok(async move {
+        // The first event fires at registration: the domain may be gone already.
+        while w.next().await.is_some() {
+            match xs.read(&home).await {
+                Ok(None) => return,
+                Ok(Some(_)) => {}
+                Err(e) => tracing::warn!("xenstore read {home}: {e}"),
+            }
+        }
+        // The watch itself ended: xenstored is gone; nothing will tell us more.
+        tracing::warn!("@releaseDomain watch ended");
+        std::future::pending::<()>().await
+    })
+}
+
+/// Runs the mode the flags ask for on a connected stream.
+async fn play<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    s: S,
+    a: &ChanArgs,
+    counts: &Arc<Counts>,
+) -> anyhow::Result<ChanReport> {
+    if let Some(n) = a.ping {
+        return ping(s, n, a.send_seed).await;
+    }
+    if let Some(n) = a.pong {
+        return pong(s, n).await;
+    }
+    transfer(s, a, counts.clone()).await
+}
+
+/// Whether an I/O error means the peer went away.
+fn is_cut(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
+    )
 }
 
 async fn transfer<S: AsyncRead + AsyncWrite + Send + 'static>(
     s: S,
     a: &ChanArgs,
+    counts: Arc<Counts>,
 ) -> anyhow::Result<ChanReport> {
-    let start = Instant::now();
+    let mut start = Instant::now();
     let (mut rd, mut wr) = tokio::io::split(s);
-    let (send, seed, chunk) = (a.send, a.send_seed, a.chunk.max(1));
+    if a.go {
+        wr.write_all(&[GO]).await.context("send the go byte")?;
+    }
+    if a.wait_go {
+        let mut b = [0u8; 1];
+        rd.read_exact(&mut b)
+            .await
+            .map_err(|e| anyhow!("no go byte: {e}"))?;
+        ensure!(b[0] == GO, "bad go byte {:#04x}", b[0]);
+        start = Instant::now();
+    }
+    let (send, seed, chunk, ack) = (a.send, a.send_seed, a.chunk.max(1), a.ack);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let sc = counts.clone();
     let sender = async move {
         let mut src = Source::new(seed);
         let mut hash = Sha256::new();
@@ -130,46 +326,156 @@ async fn transfer<S: AsyncRead + AsyncWrite + Send + 'static>(
             let n = left.min(chunk as u64) as usize;
             src.fill(&mut buf[..n]);
             hash.update(&buf[..n]);
-            wr.write_all(&buf[..n]).await.context("send")?;
+            wr.write_all(&buf[..n]).await?;
+            sc.sent.fetch_add(n as u64, Ordering::Relaxed);
             left -= n as u64;
         }
+        if ack {
+            // The receiver drops the sender when it is done (or failed).
+            let _ = done_rx.await;
+            wr.write_all(&[ACK]).await?;
+        }
         wr.flush().await?;
-        anyhow::Ok((wr, crate::pattern::hex(&hash.finalize())))
+        std::io::Result::Ok((wr, crate::pattern::hex(&hash.finalize())))
     };
-    let (want, rseed) = (a.recv, a.recv_seed);
+    let (want, rseed, progress, wait_ack) = (a.recv, a.recv_seed, a.progress, a.wait_ack);
+    let rc = counts.clone();
     let receiver = async move {
         let mut chk = Checker::new(rseed);
         let mut buf = vec![0u8; 1 << 20];
+        let mut progress = progress;
         loop {
             let cap = match want {
                 Some(w) if chk.count() >= w => break,
                 Some(w) => (w - chk.count()).min(buf.len() as u64) as usize,
                 None => buf.len(),
             };
-            let n = rd.read(&mut buf[..cap]).await.context("receive")?;
+            let n = rd.read(&mut buf[..cap]).await?;
             if n == 0 {
-                if let Some(w) = want {
-                    anyhow::bail!("peer closed after {} of {w} bytes", chk.count());
+                if want.is_some() {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
                 break;
             }
-            chk.check(&buf[..n])?;
+            chk.check(&buf[..n])
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            rc.received.store(chk.count(), Ordering::Relaxed);
+            if progress.is_some_and(|p| chk.count() >= p) {
+                println!("progress {}", chk.count());
+                progress = None;
+            }
         }
-        anyhow::Ok(chk)
+        drop(done_tx);
+        let mut end = None;
+        if wait_ack {
+            let mut b = [0u8; 1];
+            if rd.read(&mut b).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if b[0] != ACK {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("bad acknowledgement byte {:#04x}", b[0]),
+                ));
+            }
+            end = Some(Instant::now());
+        }
+        std::io::Result::Ok((rd, chk, end))
     };
-    let ((wr, sent_sha256), chk) = tokio::try_join!(sender, receiver)?;
-    drop(wr);
+    let ((wr, sent_sha256), (rd, chk, end)) = match tokio::try_join!(sender, receiver) {
+        Ok(r) => r,
+        Err(e) if is_cut(&e) => return Err(counts.cut(a, "peer closed")),
+        Err(e) => return Err(anyhow::Error::new(e).context("transfer")),
+    };
+    let secs = end.unwrap_or_else(Instant::now).duration_since(start);
+    // Both halves go here: on a channel that closes it, after every byte we wrote.
+    drop((rd, wr));
     let received = chk.count();
-    ensure!(
-        want.is_none_or(|w| w == received),
-        "received {received} bytes"
-    );
+    if let Some(w) = want {
+        ensure!(w == received, "received {received} bytes, want {w}");
+    }
     Ok(ChanReport {
         sent: a.send,
         received,
         received_sha256: chk.sha256(),
         sent_sha256,
+        secs: secs.as_secs_f64(),
+        round_trips: 0,
+        rtt_median_us: 0.0,
+    })
+}
+
+/// `n` one-byte round trips, each byte checked against the pattern.
+async fn ping<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    n: u64,
+    seed: u64,
+) -> anyhow::Result<ChanReport> {
+    let mut src = Source::new(seed);
+    let mut samples = Vec::with_capacity(n.min(1 << 20) as usize);
+    let start = Instant::now();
+    for i in 0..n {
+        let mut b = [0u8; 1];
+        src.fill(&mut b);
+        let t = Instant::now();
+        let mut r = [0u8; 1];
+        let sent = async {
+            s.write_all(&b).await?;
+            s.flush().await?;
+            s.read(&mut r).await
+        };
+        match sent.await {
+            Ok(1) => {}
+            Ok(_) => bail!("peer closed after {i} of {n} round trips"),
+            Err(e) if is_cut(&e) => bail!("peer closed after {i} of {n} round trips"),
+            Err(e) => return Err(anyhow::Error::new(e).context("round trip")),
+        }
+        ensure!(
+            r == b,
+            "round trip {i}: sent {:#04x}, got {:#04x}",
+            b[0],
+            r[0]
+        );
+        samples.push(t.elapsed());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    samples.sort();
+    let median = samples
+        .get(samples.len() / 2)
+        .copied()
+        .unwrap_or(Duration::ZERO);
+    Ok(ChanReport {
+        sent: n,
+        received: n,
+        received_sha256: String::new(),
+        sent_sha256: String::new(),
+        secs,
+        round_trips: n,
+        rtt_median_us: median.as_secs_f64() * 1e6,
+    })
+}
+
+/// Echoes `n` bytes back as they arrive.
+async fn pong<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, n: u64) -> anyhow::Result<ChanReport> {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    let mut done = 0u64;
+    while done < n {
+        let cap = (n - done).min(buf.len() as u64) as usize;
+        let got = s.read(&mut buf[..cap]).await.context("pong")?;
+        ensure!(got > 0, "peer closed after {done} of {n} bytes");
+        s.write_all(&buf[..got]).await.context("pong")?;
+        s.flush().await?;
+        done += got as u64;
+    }
+    Ok(ChanReport {
+        sent: n,
+        received: n,
+        received_sha256: String::new(),
+        sent_sha256: String::new(),
         secs: start.elapsed().as_secs_f64(),
+        round_trips: n,
+        rtt_median_us: 0.0,
     })
 }
 
@@ -205,4 +511,102 @@ pub async fn connect(path: &str, peer: u16) -> anyhow::Result<ChannelStream> {
         .await
         .with_context(|| format!("connect to the channel at {path}"))?;
     Ok(ChannelStream::new(ch)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use tokio::net::UnixStream;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: ChanArgs,
+    }
+
+    fn args(flags: &str) -> ChanArgs {
+        let argv = ["t", "unix", "--listen", "unused"]
+            .into_iter()
+            .map(String::from)
+            .chain(flags.split_whitespace().map(String::from));
+        Cli::try_parse_from(argv).unwrap().a
+    }
+
+    async fn pair(x: &str, y: &str) -> (anyhow::Result<ChanReport>, anyhow::Result<ChanReport>) {
+        let (s1, s2) = UnixStream::pair().unwrap();
+        let (a, b) = (args(x), args(y));
+        let (ca, cb) = (Arc::default(), Arc::default());
+        tokio::join!(play(s1, &a, &ca), play(s2, &b, &cb))
+    }
+
+    #[tokio::test]
+    async fn both_ways_with_go_and_ack_digests_agree() {
+        let (x, y) = pair(
+            "--go --send 300000 --recv 200001 --send-seed 1 --recv-seed 2 --ack --chunk 7000",
+            "--wait-go --send 200001 --recv 300000 --send-seed 2 --recv-seed 1 --wait-ack",
+        )
+        .await;
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert_eq!(
+            (x.sent, x.received, y.sent, y.received),
+            (300000, 200001, 200001, 300000)
+        );
+        assert_eq!(x.sent_sha256, y.received_sha256);
+        assert_eq!(y.sent_sha256, x.received_sha256);
+        assert_eq!(x.sent_sha256, crate::pattern::expected_sha256(1, 300000));
+    }
+
+    #[tokio::test]
+    async fn wrong_seed_is_a_corruption() {
+        let (x, y) = pair("--send 5000 --recv 0", "--recv 5000 --recv-seed 9").await;
+        x.unwrap();
+        let e = format!("{:#}", y.unwrap_err());
+        assert!(e.contains("corrupted at byte 0"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn receiving_until_eof_counts_every_byte() {
+        let (x, y) = pair("--send 123457 --recv 0", "--recv-seed 1").await;
+        x.unwrap();
+        assert_eq!(y.unwrap().received, 123457);
+    }
+
+    #[tokio::test]
+    async fn an_early_close_names_the_counts() {
+        let (x, y) = pair("--send 1000 --recv 0", "--recv 5000 --recv-seed 1").await;
+        x.unwrap();
+        let e = y.unwrap_err().to_string();
+        assert_eq!(e, "peer closed after 1000 of 5000 bytes (sent 0 of 0)");
+    }
+
+    #[tokio::test]
+    async fn a_missing_ack_is_an_early_close() {
+        let (x, y) = pair(
+            "--recv 10 --send-seed 2 --recv-seed 1",
+            "--send 10 --wait-ack",
+        )
+        .await;
+        x.unwrap();
+        let e = y.unwrap_err().to_string();
+        assert!(e.starts_with("peer closed after 0 bytes"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn ping_pong_checks_each_byte() {
+        let (x, y) = pair("--ping 50", "--pong 50").await;
+        let x = x.unwrap();
+        assert_eq!(x.round_trips, 50);
+        assert!(x.rtt_median_us > 0.0);
+        y.unwrap();
+        let (x, _) = pair("--ping 50", "--pong 20").await;
+        let e = x.unwrap_err().to_string();
+        assert_eq!(e, "peer closed after 20 of 50 round trips");
+    }
+
+    #[test]
+    fn ack_needs_a_count() {
+        let argv = ["t", "unix", "--listen", "x", "--ack"];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
 }
