@@ -98,6 +98,123 @@ lab_wait_node() {
     printf '%s\n' "$_v"
 }
 
+# ---------------------------------------------------------------- jobs in a domU
+#
+# A scenario that needs several steps in one domU (so that it pays for one
+# boot) runs them as jobs: dom0 writes a shell command under the guest's
+# data/lab/job/N/cmd, the guest (lab_domu_jobs) runs it and reports back
+# under the same node:
+#   ready   the command's first line of output (e.g. "ready" once it listens)
+#   err     the last lines of its stderr
+#   result  the last line of its stdout that starts with "{" (a JSON report)
+#   rc      its exit status, written last
+# Writing data/lab/job/N/kill makes the guest kill -9 the job's process (a job
+# that starts with "exec" is that process). Jobs run one after the other; the
+# command "exit" ends the loop.
+
+# lab_job DOMID N COMMAND: queues job N in the domU.
+lab_job() { xenstore-write "/local/domain/$1/data/lab/job/$2/cmd" "$3" || lab_fail "cannot queue job $2"; }
+
+# lab_job_ready DOMID N TIMEOUT: waits for job N's first line; prints it.
+lab_job_ready() { lab_wait_node "/local/domain/$1/data/lab/job/$2/ready" "$3"; }
+
+# lab_job_kill DOMID N: asks the domU to kill -9 job N.
+lab_job_kill() { xenstore-write "/local/domain/$1/data/lab/job/$2/kill" 1; }
+
+# lab_job_rc DOMID N TIMEOUT: waits for job N to end; prints its exit status.
+lab_job_rc() { lab_wait_node "/local/domain/$1/data/lab/job/$2/rc" "$3"; }
+
+# lab_job_get DOMID N FIELD: one of job N's reports (result, err).
+lab_job_get() { xenstore-read "/local/domain/$1/data/lab/job/$2/$3" 2>/dev/null; }
+
+# _lab_job_step J PIDFILE: true once job J has finished; kills it when asked.
+_lab_job_step() {
+    xenstore-exists "$1/finished" 2>/dev/null && return 0
+    if [ -z "$_killed" ] && xenstore-exists "$1/kill" 2>/dev/null && [ -s "$2" ]; then
+        kill -9 "$(cat "$2")" 2>/dev/null
+        _killed=1
+    fi
+    return 1
+}
+
+# lab_domu_jobs [TIMEOUT]: runs dom0's jobs until it sends "exit" (domU side).
+lab_domu_jobs() {
+    local _n=1 _j _cmd _to=${1:-600} _home
+    _home=/local/domain/$(xenstore-read domid)/data/lab/job
+    while :; do
+        _j=$_home/$_n
+        _cmd=$(lab_wait_node "$_j/cmd" "$_to") || lab_fail "no job $_n within $_to s"
+        [ "$_cmd" = exit ] && return 0
+        rm -f "$LAB_RUN/job-$_n.pid"
+        (
+            {
+                sh -c "echo \$\$ >$LAB_RUN/job-$_n.pid; . /lab/lib.sh; $_cmd" 2>"$LAB_RUN/job-$_n.err"
+                echo $? >"$LAB_RUN/job-$_n.rc"
+            } | {
+                if IFS= read -r _first; then
+                    xenstore-write "$_j/ready" "$_first"
+                    cat
+                else
+                    xenstore-write "$_j/ready" ""
+                fi >"$LAB_RUN/job-$_n.out"
+            }
+            xenstore-write "$_j/finished" 1
+        ) &
+        _killed=
+        lab_wait_until "$_j" 3600 _lab_job_step "$_j" "$LAB_RUN/job-$_n.pid"
+        wait
+        xenstore-write "$_j/err" "$(tail -n 5 "$LAB_RUN/job-$_n.err" | tail -c 2000)"
+        xenstore-write "$_j/result" "$(grep '^{' "$LAB_RUN/job-$_n.out" | tail -n 1)"
+        xenstore-write "$_j/rc" "$(cat "$LAB_RUN/job-$_n.rc")"
+        _n=$((_n + 1))
+    done
+}
+
+# lab_fifo_start NAME COMMAND...: runs COMMAND in the background with its stdout
+# on fd 7 (read it with lab_fifo_line) and its stderr in $LAB_RUN/NAME.err;
+# its pid is in $LAB_PID.
+lab_fifo_start() {
+    local _name=$1
+    shift
+    rm -f "$LAB_RUN/$_name.fifo"
+    mkfifo "$LAB_RUN/$_name.fifo"
+    "$@" >"$LAB_RUN/$_name.fifo" 2>"$LAB_RUN/$_name.err" &
+    LAB_PID=$!
+    exec 7<"$LAB_RUN/$_name.fifo"
+}
+
+# lab_fifo_line TIMEOUT: the next line from lab_fifo_start's command (in $LAB_LINE).
+# shellcheck disable=SC2034 # read by the caller
+lab_fifo_line() { IFS= read -r -t "$1" LAB_LINE <&7; }
+
+# lab_fifo_end NAME TIMEOUT: waits (at most TIMEOUT s) for lab_fifo_start's command;
+# its exit status is in $LAB_RC (137 if it had to be killed), the rest of its
+# stdout in $LAB_RUN/NAME.out.
+lab_fifo_end() {
+    cat <&7 >"$LAB_RUN/$1.out" &
+    local _cat=$! _dog
+    # Its own stdout, or a caller reading ours would wait for the sleep.
+    (sleep "$2"; kill -9 "$LAB_PID" 2>/dev/null) >/dev/null 2>&1 &
+    _dog=$!
+    wait "$LAB_PID"
+    # shellcheck disable=SC2034 # read by the caller
+    LAB_RC=$?
+    kill "$_dog" 2>/dev/null
+    wait "$_cat"
+    exec 7<&-
+    rm -f "$LAB_RUN/$1.fifo"
+}
+
+# lab_wait_socket PATH: waits (bounded) for a unix socket to appear.
+lab_wait_socket() {
+    local _i=0
+    until [ -S "$1" ]; do
+        _i=$((_i + 1))
+        [ "$_i" -lt 500 ] || return 1
+        usleep 20000
+    done
+}
+
 # ---------------------------------------------------------------- dom0 side
 
 # lab_domu_create NAME [SCENARIO [MEMORY_MB]]: creates a PV domU, paused, that
