@@ -69,8 +69,8 @@ pub struct ChanArgs {
     /// own `--send` bytes).
     #[arg(long, global = true, requires = "recv")]
     ack: bool,
-    /// After the `--recv` bytes, read the peer's acknowledgement byte; the clock
-    /// stops when it arrives.
+    /// After the `--recv` bytes (none by default), read the peer's acknowledgement
+    /// byte; the clock stops when it arrives.
     #[arg(long, global = true)]
     wait_ack: bool,
     /// Instead of a transfer, do this many one-byte round trips (the peer runs `--pong`).
@@ -338,7 +338,9 @@ async fn transfer<S: AsyncRead + AsyncWrite + Send + 'static>(
         wr.flush().await?;
         std::io::Result::Ok((wr, crate::pattern::hex(&hash.finalize())))
     };
-    let (want, rseed, progress, wait_ack) = (a.recv, a.recv_seed, a.progress, a.wait_ack);
+    // Waiting for an acknowledgement with no count: it is the only byte to come.
+    let want = a.recv.or(a.wait_ack.then_some(0));
+    let (rseed, progress, wait_ack) = (a.recv_seed, a.progress, a.wait_ack);
     let rc = counts.clone();
     let receiver = async move {
         let mut chk = Checker::new(rseed);
@@ -555,6 +557,17 @@ mod tests {
         assert_eq!(x.sent_sha256, y.received_sha256);
         assert_eq!(y.sent_sha256, x.received_sha256);
         assert_eq!(x.sent_sha256, crate::pattern::expected_sha256(1, 300000));
+    }
+
+    #[tokio::test]
+    async fn an_ack_alone_is_not_data() {
+        let (x, y) = pair(
+            "--wait-go --send 70000 --wait-ack --send-seed 4",
+            "--go --recv 70000 --recv-seed 4 --ack",
+        )
+        .await;
+        assert_eq!(x.unwrap().received, 0);
+        assert_eq!(y.unwrap().received, 70000);
     }
 
     #[tokio::test]
