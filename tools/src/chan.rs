@@ -83,6 +83,61 @@ pub struct ChanArgs {
     /// must act mid-transfer).
     #[arg(long, global = true)]
     progress: Option<u64>,
+    /// When done, wait for the peer to close before closing: for peers that lose
+    /// what was still in flight when the other end closed.
+    #[arg(long, global = true)]
+    linger: bool,
+    /// With `--ping`/`--pong`: look for the reply without sleeping for up to this
+    /// many microseconds before waiting for a wakeup (an experiment: it shows what
+    /// the wakeup itself costs).
+    #[arg(long, global = true, default_value_t = 0)]
+    spin_us: u64,
+}
+
+/// A read that never waits: `Ok(None)` when nothing is ready, `Ok(Some(0))` at
+/// end of stream.
+pub trait TryRead {
+    /// Reads what is ready now.
+    fn try_read_now(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>>;
+}
+
+impl TryRead for ChannelStream {
+    fn try_read_now(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        match self.channel().read(buf) {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(n)),
+            Err(xenvt_ring::Error::PeerClosed) => Ok(Some(0)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl TryRead for tokio::net::UnixStream {
+    fn try_read_now(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        match self.try_read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Reads, first looking without sleeping for up to `spin`.
+async fn read_spin<S: AsyncRead + TryRead + Unpin>(
+    s: &mut S,
+    buf: &mut [u8],
+    spin: Duration,
+) -> std::io::Result<usize> {
+    if !spin.is_zero() {
+        let t = Instant::now();
+        while t.elapsed() < spin {
+            if let Some(n) = s.try_read_now(buf)? {
+                return Ok(n);
+            }
+            std::hint::spin_loop();
+        }
+    }
+    s.read(buf).await
 }
 
 #[derive(Subcommand, Debug)]
@@ -273,16 +328,16 @@ async fn domain_gone(
 }
 
 /// Runs the mode the flags ask for on a connected stream.
-async fn play<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+async fn play<S: AsyncRead + AsyncWrite + TryRead + Send + Unpin + 'static>(
     s: S,
     a: &ChanArgs,
     counts: &Arc<Counts>,
 ) -> anyhow::Result<ChanReport> {
     if let Some(n) = a.ping {
-        return ping(s, n, a.send_seed).await;
+        return ping(s, n, a.send_seed, Duration::from_micros(a.spin_us)).await;
     }
     if let Some(n) = a.pong {
-        return pong(s, n).await;
+        return pong(s, n, Duration::from_micros(a.spin_us)).await;
     }
     transfer(s, a, counts.clone()).await
 }
@@ -390,6 +445,16 @@ async fn transfer<S: AsyncRead + AsyncWrite + Send + 'static>(
         Err(e) => return Err(anyhow::Error::new(e).context("transfer")),
     };
     let secs = end.unwrap_or_else(Instant::now).duration_since(start);
+    let mut rd = rd;
+    if a.linger {
+        let mut b = [0u8; 1];
+        match rd.read(&mut b).await {
+            Ok(0) => {}
+            Ok(_) => bail!("the peer sent more than {} bytes", chk.count()),
+            Err(e) if is_cut(&e) => {}
+            Err(e) => return Err(anyhow::Error::new(e).context("linger")),
+        }
+    }
     // Both halves go here: on a channel that closes it, after every byte we wrote.
     drop((rd, wr));
     let received = chk.count();
@@ -408,10 +473,11 @@ async fn transfer<S: AsyncRead + AsyncWrite + Send + 'static>(
 }
 
 /// `n` one-byte round trips, each byte checked against the pattern.
-async fn ping<S: AsyncRead + AsyncWrite + Unpin>(
+async fn ping<S: AsyncRead + AsyncWrite + TryRead + Unpin>(
     mut s: S,
     n: u64,
     seed: u64,
+    spin: Duration,
 ) -> anyhow::Result<ChanReport> {
     let mut src = Source::new(seed);
     let mut samples = Vec::with_capacity(n.min(1 << 20) as usize);
@@ -424,7 +490,7 @@ async fn ping<S: AsyncRead + AsyncWrite + Unpin>(
         let sent = async {
             s.write_all(&b).await?;
             s.flush().await?;
-            s.read(&mut r).await
+            read_spin(&mut s, &mut r, spin).await
         };
         match sent.await {
             Ok(1) => {}
@@ -458,13 +524,19 @@ async fn ping<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Echoes `n` bytes back as they arrive.
-async fn pong<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, n: u64) -> anyhow::Result<ChanReport> {
+async fn pong<S: AsyncRead + AsyncWrite + TryRead + Unpin>(
+    mut s: S,
+    n: u64,
+    spin: Duration,
+) -> anyhow::Result<ChanReport> {
     let start = Instant::now();
     let mut buf = [0u8; 4096];
     let mut done = 0u64;
     while done < n {
         let cap = (n - done).min(buf.len() as u64) as usize;
-        let got = s.read(&mut buf[..cap]).await.context("pong")?;
+        let got = read_spin(&mut s, &mut buf[..cap], spin)
+            .await
+            .context("pong")?;
         ensure!(got > 0, "peer closed after {done} of {n} bytes");
         s.write_all(&buf[..got]).await.context("pong")?;
         s.flush().await?;
@@ -571,6 +643,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn lingering_waits_for_the_close() {
+        let (x, y) = pair(
+            "--send 100 --recv 0 --linger",
+            "--recv 100 --recv-seed 1 --send 3 --send-seed 9",
+        )
+        .await;
+        y.unwrap();
+        let e = x.unwrap_err().to_string();
+        assert!(e.contains("more than 0 bytes"), "{e}");
+        let (x, y) = pair("--send 100 --recv 0 --linger", "--recv 100 --recv-seed 1").await;
+        x.unwrap();
+        y.unwrap();
+    }
+
+    #[tokio::test]
     async fn wrong_seed_is_a_corruption() {
         let (x, y) = pair("--send 5000 --recv 0", "--recv 5000 --recv-seed 9").await;
         x.unwrap();
@@ -611,6 +698,9 @@ mod tests {
         let x = x.unwrap();
         assert_eq!(x.round_trips, 50);
         assert!(x.rtt_median_us > 0.0);
+        y.unwrap();
+        let (x, y) = pair("--ping 50 --spin-us 100", "--pong 50 --spin-us 100").await;
+        assert_eq!(x.unwrap().round_trips, 50);
         y.unwrap();
         let (x, _) = pair("--ping 50", "--pong 20").await;
         let e = x.unwrap_err().to_string();
