@@ -1,19 +1,27 @@
 # xenvt's channel on real Xen: checked bytes both ways for several ring orders.
 # The domU serves (grants the rings), dom0 connects; each end prints one JSON
 # line, and the digests must agree across the ends.
-# Settings (lab.sh run --set NAME=VALUE): LAB_CHAN_ORDERS, LAB_CHAN_BYTES (each way, each order),
-# LAB_XENVT_LOG (XENVT_LOG for both ends, e.g. debug).
+# Settings (lab.sh run --set NAME=VALUE): LAB_CHAN_ORDERS, LAB_CHAN_BYTES (each way, each order
+# from 16 up), LAB_CHAN_SMALL_BYTES (each way, orders below 16: a ring of a few KiB costs an
+# event-channel wakeup per ring-full, which under TCG is milliseconds, so 8 MiB takes a minute;
+# 1 MiB still wraps a 1 KiB ring a thousand times), LAB_XENVT_LOG (XENVT_LOG for both ends).
 
 command -v xenvt >/dev/null || lab_skip "xenvt is not in the images (its build failed, or --no-build without a binary)"
 xenvt chan --help >/dev/null 2>&1 || lab_skip "this xenvt has no 'chan' command yet"
 
 orders=${LAB_CHAN_ORDERS:-10 11 12 16 20}
-bytes=${LAB_CHAN_BYTES:-8388608}
+big=${LAB_CHAN_BYTES:-8388608}
+small=${LAB_CHAN_SMALL_BYTES:-1048576}
+# bytes_for ORDER: what each way moves at that order.
+bytes_for() { if [ "$1" -ge 16 ]; then echo "$big"; else echo "$small"; fi; }
 
 id=$(lab_domu_create lab-chan chan) || lab_fail "cannot create the domU"
 d=/local/domain/$id/data/lab/chan
-{ xenstore-write "$d/orders" "$orders" && xenstore-write "$d/bytes" "$bytes" &&
-    xenstore-write "$d/xenvt_log" "${LAB_XENVT_LOG:-warn}"; } || lab_fail "cannot write the settings"
+xenstore-write "$d/orders" "$orders" && xenstore-write "$d/xenvt_log" "${LAB_XENVT_LOG:-warn}" ||
+    lab_fail "cannot write the settings"
+for o in $orders; do
+    xenstore-write "$d/$o/bytes" "$(bytes_for "$o")" || lab_fail "cannot write the settings"
+done
 export XENVT_LOG="${LAB_XENVT_LOG:-warn}"
 lab_domu_start lab-chan
 
@@ -28,6 +36,7 @@ check_end() {
 moved=0
 t_all=$(lab_now)
 for o in $orders; do
+    bytes=$(bytes_for "$o")
     r=$(lab_wait_node "$d/$o/ready" 120) || lab_fail "order $o: the domU's server never became ready"
     [ "$r" = ready ] || lab_fail "order $o: the domU's server did not start: $r"
     t0=$(lab_now)

@@ -3,11 +3,12 @@
 command -v xenvt >/dev/null || lab_fail "xenvt is not in the domU image"
 domid=$(xenstore-read domid) || lab_fail "cannot read domid"
 d=/local/domain/$domid/data/lab/chan
-{ orders=$(xenstore-read "$d/orders") && bytes=$(xenstore-read "$d/bytes"); } || lab_fail "no settings under $d"
+orders=$(xenstore-read "$d/orders") || lab_fail "no settings under $d"
 XENVT_LOG=$(xenstore-read "$d/xenvt_log") || XENVT_LOG=warn
 export XENVT_LOG
 
 for o in $orders; do
+    bytes=$(xenstore-read "$d/$o/bytes") || lab_fail "no $d/$o/bytes"
     # Two rings inside the control page need different orders (10 and 11), as in vchan.
     case $o in 10) other=11 ;; 11) other=10 ;; *) other=$o ;; esac
     {
