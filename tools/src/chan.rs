@@ -37,6 +37,8 @@ use crate::pattern::{Checker, Source};
 const GO: u8 = 0x47;
 /// The framing byte of `--ack`/`--wait-ack`.
 const ACK: u8 = 0x06;
+/// The byte of `--bye`/`--linger`.
+const BYE: u8 = 0x04;
 
 /// Arguments of `xenvt chan`.
 #[derive(Args, Debug)]
@@ -83,10 +85,13 @@ pub struct ChanArgs {
     /// must act mid-transfer).
     #[arg(long, global = true)]
     progress: Option<u64>,
-    /// When done, wait for the peer to close before closing: for peers that lose
-    /// what was still in flight when the other end closed.
+    /// When done, wait for the peer's bye byte (or its close) before closing: for
+    /// transports that lose what is still in flight when an end closes.
     #[arg(long, global = true)]
     linger: bool,
+    /// When done, send one bye byte before closing (the peer runs `--linger`).
+    #[arg(long, global = true)]
+    bye: bool,
     /// With `--ping`/`--pong`: look for the reply without sleeping for up to this
     /// many microseconds before waiting for a wakeup (an experiment: it shows what
     /// the wakeup itself costs).
@@ -334,10 +339,11 @@ async fn play<S: AsyncRead + AsyncWrite + TryRead + Send + Unpin + 'static>(
     counts: &Arc<Counts>,
 ) -> anyhow::Result<ChanReport> {
     if let Some(n) = a.ping {
-        return ping(s, n, a.send_seed, Duration::from_micros(a.spin_us)).await;
+        let (spin, bye) = (Duration::from_micros(a.spin_us), a.bye);
+        return ping(s, n, a.send_seed, spin, bye).await;
     }
     if let Some(n) = a.pong {
-        return pong(s, n, Duration::from_micros(a.spin_us)).await;
+        return pong(s, n, Duration::from_micros(a.spin_us), a.linger).await;
     }
     transfer(s, a, counts.clone()).await
 }
@@ -445,15 +451,12 @@ async fn transfer<S: AsyncRead + AsyncWrite + Send + 'static>(
         Err(e) => return Err(anyhow::Error::new(e).context("transfer")),
     };
     let secs = end.unwrap_or_else(Instant::now).duration_since(start);
-    let mut rd = rd;
+    let (mut rd, mut wr) = (rd, wr);
+    if a.bye {
+        say_bye(&mut wr).await?;
+    }
     if a.linger {
-        let mut b = [0u8; 1];
-        match rd.read(&mut b).await {
-            Ok(0) => {}
-            Ok(_) => bail!("the peer sent more than {} bytes", chk.count()),
-            Err(e) if is_cut(&e) => {}
-            Err(e) => return Err(anyhow::Error::new(e).context("linger")),
-        }
+        linger(&mut rd).await?;
     }
     // Both halves go here: on a channel that closes it, after every byte we wrote.
     drop((rd, wr));
@@ -472,12 +475,34 @@ async fn transfer<S: AsyncRead + AsyncWrite + Send + 'static>(
     })
 }
 
+/// Sends the bye byte; a peer already gone is not an error.
+async fn say_bye<W: AsyncWrite + Unpin>(w: &mut W) -> anyhow::Result<()> {
+    match w.write_all(&[BYE]).await {
+        Ok(()) => Ok(w.flush().await?),
+        Err(e) if is_cut(&e) => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context("bye")),
+    }
+}
+
+/// Waits for the peer's bye byte or its close; anything else is an error.
+async fn linger<R: AsyncRead + Unpin>(r: &mut R) -> anyhow::Result<()> {
+    let mut b = [0u8; 1];
+    match r.read(&mut b).await {
+        Ok(0) => Ok(()),
+        Ok(_) if b[0] == BYE => Ok(()),
+        Ok(_) => bail!("the peer sent more than agreed ({:#04x})", b[0]),
+        Err(e) if is_cut(&e) => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context("linger")),
+    }
+}
+
 /// `n` one-byte round trips, each byte checked against the pattern.
 async fn ping<S: AsyncRead + AsyncWrite + TryRead + Unpin>(
     mut s: S,
     n: u64,
     seed: u64,
     spin: Duration,
+    bye: bool,
 ) -> anyhow::Result<ChanReport> {
     let mut src = Source::new(seed);
     let mut samples = Vec::with_capacity(n.min(1 << 20) as usize);
@@ -507,6 +532,9 @@ async fn ping<S: AsyncRead + AsyncWrite + TryRead + Unpin>(
         samples.push(t.elapsed());
     }
     let secs = start.elapsed().as_secs_f64();
+    if bye {
+        say_bye(&mut s).await?;
+    }
     samples.sort();
     let median = samples
         .get(samples.len() / 2)
@@ -528,6 +556,7 @@ async fn pong<S: AsyncRead + AsyncWrite + TryRead + Unpin>(
     mut s: S,
     n: u64,
     spin: Duration,
+    lingers: bool,
 ) -> anyhow::Result<ChanReport> {
     let start = Instant::now();
     let mut buf = [0u8; 4096];
@@ -541,6 +570,9 @@ async fn pong<S: AsyncRead + AsyncWrite + TryRead + Unpin>(
         s.write_all(&buf[..got]).await.context("pong")?;
         s.flush().await?;
         done += got as u64;
+    }
+    if lingers {
+        linger(&mut s).await?;
     }
     Ok(ChanReport {
         sent: n,
@@ -651,8 +683,18 @@ mod tests {
         .await;
         y.unwrap();
         let e = x.unwrap_err().to_string();
-        assert!(e.contains("more than 0 bytes"), "{e}");
+        assert!(e.contains("more than agreed"), "{e}");
         let (x, y) = pair("--send 100 --recv 0 --linger", "--recv 100 --recv-seed 1").await;
+        x.unwrap();
+        y.unwrap();
+        let (x, y) = pair(
+            "--send 100 --recv 0 --linger",
+            "--recv 100 --recv-seed 1 --bye",
+        )
+        .await;
+        x.unwrap();
+        y.unwrap();
+        let (x, y) = pair("--ping 30 --bye", "--pong 30 --linger").await;
         x.unwrap();
         y.unwrap();
     }

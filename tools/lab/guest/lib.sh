@@ -163,7 +163,7 @@ lab_domu_jobs() {
         _killed=
         lab_wait_until "$_j" 3600 _lab_job_step "$_j" "$LAB_RUN/job-$_n.pid"
         wait
-        xenstore-write "$_j/err" "$(tail -n 5 "$LAB_RUN/job-$_n.err" | tail -c 2000)"
+        xenstore-write "$_j/err" "$(tail -n 5 "$LAB_RUN/job-$_n.err" | tail -c 2000 | tr "\n" "|" | sed "s/|$//; s/|/ | /g")"
         xenstore-write "$_j/result" "$(grep '^{' "$LAB_RUN/job-$_n.out" | tail -n 1)"
         xenstore-write "$_j/rc" "$(cat "$LAB_RUN/job-$_n.rc")"
         _n=$((_n + 1))

@@ -36,8 +36,8 @@ domu_end() {
 }
 
 # Both pairs below frame the transfer with an acknowledgement (--ack/--wait-ack),
-# and our server lingers until dom0 closes: vchan-socket-proxy drops what is in
-# flight when either side closes (logged at the end), and that is not under test here.
+# and the domU's end lingers until dom0 says bye: vchan-socket-proxy drops what is
+# in flight when either side closes (logged at the end), and that is not under test here.
 
 # --- our server, libxenvchan's client (their client maps our rings).
 for orders in "10 11" "20 20"; do
@@ -52,7 +52,7 @@ for orders in "10 11" "20 20"; do
     vsp=$!
     lab_wait_socket "$sock" || lab_fail "$what: vchan-socket-proxy did not listen"
     t0=$(lab_now)
-    out=$(xenvt chan unix --connect "$sock" --send "$bytes" --recv "$bytes" --send-seed 2 --recv-seed 1 --wait-ack 2>"$LAB_RUN/i$n.err") ||
+    out=$(xenvt chan unix --connect "$sock" --send "$bytes" --recv "$bytes" --send-seed 2 --recv-seed 1 --wait-ack --bye 2>"$LAB_RUN/i$n.err") ||
         lab_fail "$what: dom0's end failed: $(tail -n 2 "$LAB_RUN/i$n.err")"
     secs=$(lab_since "$t0")
     kill "$vsp" 2>/dev/null
@@ -63,10 +63,10 @@ done
 # --- libxenvchan's server, our client (we map their 1024/2048-byte rings).
 n=$((n + 1))
 what="vchan-socket-proxy server, our client"
-lab_job "$id" $n "sh /lab/scenarios/interop/vsp-serve.sh $base/i$n --send $bytes --recv $bytes --send-seed 1 --recv-seed 2 --ack"
+lab_job "$id" $n "sh /lab/scenarios/interop/vsp-serve.sh $base/i$n --send $bytes --recv $bytes --send-seed 1 --recv-seed 2 --ack --linger"
 [ "$(lab_job_ready "$id" $n 60)" = ready ] || lab_fail "$what: no server: $(lab_job_get "$id" $n err)"
 t0=$(lab_now)
-out=$(xenvt chan connect --path "$base/i$n" --peer "$id" --send "$bytes" --recv "$bytes" --send-seed 2 --recv-seed 1 --wait-ack 2>"$LAB_RUN/i$n.err") ||
+out=$(xenvt chan connect --path "$base/i$n" --peer "$id" --send "$bytes" --recv "$bytes" --send-seed 2 --recv-seed 1 --wait-ack --bye 2>"$LAB_RUN/i$n.err") ||
     lab_fail "$what: dom0's end failed: $(tail -n 2 "$LAB_RUN/i$n.err")"
 secs=$(lab_since "$t0")
 check_pair "$what" "$(echo "$out" | grep '^{' | tail -n 1)" "$(domu_end $n "$what")"

@@ -18,5 +18,6 @@ LAB_PID=$xpid
 lab_fifo_end vsp-x "${LAB_VSP_TIMEOUT:-300}"
 kill "$ppid" 2>/dev/null
 cat "$LAB_RUN/vsp-x.out"
-tail -n 3 "$LAB_RUN/vsp-x.err" "$LAB_RUN/vsp-$$.err" >&2
+tail -n 2 "$LAB_RUN/vsp-x.err" >&2
+tail -n 2 "$LAB_RUN/vsp-$$.err" >&2
 exit "$LAB_RC"

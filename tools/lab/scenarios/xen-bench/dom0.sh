@@ -3,7 +3,10 @@
 # plain unix-socket copy inside dom0. Every byte is checked (the pattern), dom0
 # holds the clock: it starts when the far end's go byte arrives and stops at the
 # far end's acknowledgement (dom0->domU) or at the last byte (domU->dom0).
-# Prints "ratio NAME VALUE" lines; only ratios within one boot mean anything.
+# The far end closes only after dom0's bye byte (--linger, --bye), because
+# vchan-socket-proxy drops what is in flight when its domU side closes; ours get
+# the same framing. Prints "ratio NAME VALUE" lines; only ratios within one boot
+# mean anything.
 # Settings: LAB_BENCH_BYTES (ours, each way, default 67108864), LAB_BENCH_VSP_BYTES
 # (vchan-socket-proxy, default 2097152), LAB_BENCH_UNIX_BYTES (default 67108864),
 # LAB_BENCH_ORDER (ours, default 20), LAB_BENCH_RTT (round trips, ours and unix,
@@ -63,34 +66,34 @@ vconn() {
 
 # Ours.
 n=$((n + 1))
-r=$(run_pair "ours dom0->domU" "$serve --go --recv $nb --recv-seed 2 --ack" \
-    conn --wait-go --send "$nb" --send-seed 2 --wait-ack) || exit 1
+r=$(run_pair "ours dom0->domU" "$serve --go --recv $nb --recv-seed 2 --ack --linger" \
+    conn --wait-go --send "$nb" --send-seed 2 --wait-ack --bye) || exit 1
 o_tx=$(field "$r" secs)
 n=$((n + 1))
-r=$(run_pair "ours domU->dom0" "$serve --go --send $nb --send-seed 1" \
-    conn --wait-go --recv "$nb" --recv-seed 1) || exit 1
+r=$(run_pair "ours domU->dom0" "$serve --go --send $nb --send-seed 1 --linger" \
+    conn --wait-go --recv "$nb" --recv-seed 1 --bye) || exit 1
 o_rx=$(field "$r" secs)
 n=$((n + 1))
-r=$(run_pair "ours rtt" "$serve --pong $rtt" conn --ping "$rtt") || exit 1
+r=$(run_pair "ours rtt" "$serve --pong $rtt --linger" conn --ping "$rtt" --bye) || exit 1
 o_rtt=$(field "$r" rtt_median_us)
 # An experiment: both ends look for the reply without sleeping for a while first,
 # which shows how much of the round trip is the event channel's wakeup.
 spin=${LAB_BENCH_SPIN_US:-500}
 n=$((n + 1))
-r=$(run_pair "ours rtt, spinning" "$serve --pong $rtt --spin-us $spin" conn --ping "$rtt" --spin-us "$spin") || exit 1
+r=$(run_pair "ours rtt, spinning" "$serve --pong $rtt --spin-us $spin --linger" conn --ping "$rtt" --spin-us "$spin" --bye) || exit 1
 o_rtt_spin=$(field "$r" rtt_median_us)
 
 # vchan-socket-proxy: its server in the domU (as in the issue's reference), its client in dom0.
 n=$((n + 1))
-r=$(run_pair "vsp dom0->domU" "$(vsp) --go --recv $vb --recv-seed 2 --ack" \
-    vconn --wait-go --send "$vb" --send-seed 2 --wait-ack) || exit 1
+r=$(run_pair "vsp dom0->domU" "$(vsp) --go --recv $vb --recv-seed 2 --ack --linger" \
+    vconn --wait-go --send "$vb" --send-seed 2 --wait-ack --bye) || exit 1
 v_tx=$(field "$r" secs)
 n=$((n + 1))
-r=$(run_pair "vsp domU->dom0" "$(vsp) --go --send $vb --send-seed 1" \
-    vconn --wait-go --recv "$vb" --recv-seed 1) || exit 1
+r=$(run_pair "vsp domU->dom0" "$(vsp) --go --send $vb --send-seed 1 --linger" \
+    vconn --wait-go --recv "$vb" --recv-seed 1 --bye) || exit 1
 v_rx=$(field "$r" secs)
 n=$((n + 1))
-r=$(run_pair "vsp rtt" "$(vsp) --pong $vrtt" vconn --ping "$vrtt") || exit 1
+r=$(run_pair "vsp rtt" "$(vsp) --pong $vrtt --linger" vconn --ping "$vrtt" --bye) || exit 1
 v_rtt=$(field "$r" rtt_median_us)
 lab_job "$id" $((n + 1)) exit
 
