@@ -86,7 +86,8 @@ pub struct ChanArgs {
     #[arg(long, global = true)]
     progress: Option<u64>,
     /// When done, wait for the peer's bye byte (or its close) before closing: for
-    /// transports that lose what is still in flight when an end closes.
+    /// transports that lose what is still in flight when an end closes. Without
+    /// `--recv`, no data is expected.
     #[arg(long, global = true)]
     linger: bool,
     /// When done, send one bye byte before closing (the peer runs `--linger`).
@@ -399,8 +400,8 @@ async fn transfer<S: AsyncRead + AsyncWrite + Send + 'static>(
         wr.flush().await?;
         std::io::Result::Ok((wr, crate::pattern::hex(&hash.finalize())))
     };
-    // Waiting for an acknowledgement with no count: it is the only byte to come.
-    let want = a.recv.or(a.wait_ack.then_some(0));
+    // Waiting for an acknowledgement or a bye with no count: no data is to come.
+    let want = a.recv.or((a.wait_ack || a.linger).then_some(0));
     let (rseed, progress, wait_ack) = (a.recv_seed, a.progress, a.wait_ack);
     let rc = counts.clone();
     let receiver = async move {
@@ -692,6 +693,9 @@ mod tests {
             "--recv 100 --recv-seed 1 --bye",
         )
         .await;
+        x.unwrap();
+        y.unwrap();
+        let (x, y) = pair("--send 100 --linger", "--recv 100 --recv-seed 1 --bye").await;
         x.unwrap();
         y.unwrap();
         let (x, y) = pair("--ping 30 --bye", "--pong 30 --linger").await;

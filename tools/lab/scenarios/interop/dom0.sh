@@ -5,7 +5,8 @@
 # before a close arrives, then the close. vchan-socket-proxy's own end-of-stream
 # faults are logged, not failed.
 # Settings: LAB_INTEROP_BYTES (each way, each run, default 1048576),
-# LAB_EOF_BYTES (default 3149825: 3 MiB and a page and a byte).
+# LAB_EOF_BYTES (default 3149825: 3 MiB and a page and a byte), LAB_VSP_EOF_BYTES (the same
+# through vchan-socket-proxy, default 1048577).
 
 command -v xenvt >/dev/null || lab_skip "xenvt is not in the images"
 xenvt chan unix --help >/dev/null 2>&1 || lab_skip "this xenvt has no 'chan unix'"
@@ -13,6 +14,7 @@ xenvt chan unix --help >/dev/null 2>&1 || lab_skip "this xenvt has no 'chan unix
 
 bytes=${LAB_INTEROP_BYTES:-1048576}
 eof=${LAB_EOF_BYTES:-3149825}
+veof=${LAB_VSP_EOF_BYTES:-1048577}
 id=$(lab_domu_create lab-interop interop) || lab_fail "cannot create the domU"
 lab_domu_start lab-interop
 base=/local/domain/$id/data/xenvt-lab
@@ -96,16 +98,16 @@ done
 
 # --- the same through vchan-socket-proxy (its server in the domU): observed, not failed.
 n=$((n + 1))
-lab_job "$id" $n "LAB_VSP_TIMEOUT=20 sh /lab/scenarios/interop/vsp-serve.sh $base/i$n --send $eof --recv 0 --send-seed 5"
+lab_job "$id" $n "LAB_VSP_TIMEOUT=20 sh /lab/scenarios/interop/vsp-serve.sh $base/i$n --send $veof --recv 0 --send-seed 5"
 if [ "$(lab_job_ready "$id" $n 60)" = ready ]; then
     lab_fifo_start i$n xenvt chan connect --path "$base/i$n" --peer "$id" --recv-seed 5
     lab_fifo_end i$n 20
     got=$(lab_json_field "$(grep '^{' "$LAB_RUN/i$n.out" | tail -n 1)" received)
-    if [ "$LAB_RC" = 0 ] && [ "$got" = "$eof" ]; then
-        lab_log "eof through vchan-socket-proxy, domU->dom0: all $eof bytes, then the close"
+    if [ "$LAB_RC" = 0 ] && [ "$got" = "$veof" ]; then
+        lab_log "eof through vchan-socket-proxy, domU->dom0: all $veof bytes, then the close"
     elif [ "$LAB_RC" = 0 ]; then
         lab_log "eof through vchan-socket-proxy, domU->dom0 (its fault, not ours): the close came" \
-            "after ${got:-?} of $eof bytes; $((eof - ${got:-0})) bytes written before it were lost"
+            "after ${got:-?} of $veof bytes; $((eof - ${got:-0})) bytes written before it were lost"
     else
         lab_log "eof through vchan-socket-proxy, domU->dom0 (its fault, not ours): dom0's end exited" \
             "$LAB_RC (137: no close within 20 s): $(tail -n 1 "$LAB_RUN/i$n.err")"
@@ -117,15 +119,15 @@ fi
 n=$((n + 1))
 lab_job "$id" $n "LAB_VSP_TIMEOUT=20 sh /lab/scenarios/interop/vsp-serve.sh $base/i$n --recv-seed 6"
 if [ "$(lab_job_ready "$id" $n 60)" = ready ]; then
-    xenvt chan connect --path "$base/i$n" --peer "$id" --send "$eof" --recv 0 --send-seed 6 >/dev/null 2>"$LAB_RUN/i$n.err" ||
+    xenvt chan connect --path "$base/i$n" --peer "$id" --send "$veof" --recv 0 --send-seed 6 >/dev/null 2>"$LAB_RUN/i$n.err" ||
         lab_log "eof through vchan-socket-proxy, dom0->domU: dom0's end failed: $(tail -n 1 "$LAB_RUN/i$n.err")"
     urc=$(lab_job_rc "$id" $n 60)
     got=$(lab_json_field "$(lab_job_get "$id" $n result)" received)
-    if [ "$urc" = 0 ] && [ "$got" = "$eof" ]; then
-        lab_log "eof through vchan-socket-proxy, dom0->domU: all $eof bytes, then the close"
+    if [ "$urc" = 0 ] && [ "$got" = "$veof" ]; then
+        lab_log "eof through vchan-socket-proxy, dom0->domU: all $veof bytes, then the close"
     elif [ "$urc" = 0 ]; then
         lab_log "eof through vchan-socket-proxy, dom0->domU (its fault, not ours): the close came" \
-            "after ${got:-?} of $eof bytes; $((eof - ${got:-0})) bytes written before it were lost"
+            "after ${got:-?} of $veof bytes; $((eof - ${got:-0})) bytes written before it were lost"
     else
         lab_log "eof through vchan-socket-proxy, dom0->domU (its fault, not ours): the domU's end exited" \
             "$urc (137: no close within 20 s): $(lab_job_get "$id" $n err | tail -n 1)"
