@@ -8,9 +8,9 @@
 # the same framing. Prints "ratio NAME VALUE" lines; only ratios within one boot
 # mean anything.
 # Settings: LAB_BENCH_BYTES (ours, each way, default 67108864), LAB_BENCH_VSP_BYTES
-# (vchan-socket-proxy, default 2097152), LAB_BENCH_UNIX_BYTES (default 67108864),
+# (vchan-socket-proxy, default 1048576), LAB_BENCH_UNIX_BYTES (default 67108864),
 # LAB_BENCH_ORDER (ours, default 20), LAB_BENCH_RTT (round trips, ours and unix,
-# default 2000), LAB_BENCH_VSP_RTT (default 200), LAB_BENCH_SPIN_US (the spinning
+# default 1000), LAB_BENCH_VSP_RTT (default 200), LAB_BENCH_SPIN_US (the spinning
 # round-trip experiment, default 500), LAB_BENCH_STRICT (1: fail when a
 # ratio misses its goal).
 
@@ -19,10 +19,10 @@ xenvt chan unix --help >/dev/null 2>&1 || lab_skip "this xenvt has no 'chan unix
 [ -x "$(command -v vchan-socket-proxy)" ] || lab_fail "vchan-socket-proxy is not in the image"
 
 nb=${LAB_BENCH_BYTES:-67108864}
-vb=${LAB_BENCH_VSP_BYTES:-2097152}
+vb=${LAB_BENCH_VSP_BYTES:-1048576}
 ub=${LAB_BENCH_UNIX_BYTES:-67108864}
 order=${LAB_BENCH_ORDER:-20}
-rtt=${LAB_BENCH_RTT:-2000}
+rtt=${LAB_BENCH_RTT:-1000}
 vrtt=${LAB_BENCH_VSP_RTT:-200}
 
 id=$(lab_domu_create lab-bench xen-bench) || lab_fail "cannot create the domU"
@@ -113,9 +113,10 @@ lab_fifo_end bur 60
 u_rtt=$(field "$r" rtt_median_us)
 
 rate() { lab_rate "$1" "$2"; }
-lab_log "bench: ours (order $order): dom0->domU $(rate "$nb" "$o_tx") MB/s, domU->dom0 $(rate "$nb" "$o_rx") MB/s, rtt $o_rtt us ($nb bytes each way, $rtt round trips)"
-lab_log "bench: vchan-socket-proxy: dom0->domU $(rate "$vb" "$v_tx") MB/s, domU->dom0 $(rate "$vb" "$v_rx") MB/s, rtt $v_rtt us ($vb bytes each way, $vrtt round trips)"
-lab_log "bench: dom0 unix socket: $(rate "$ub" "$u_tx") MB/s, rtt $u_rtt us ($ub bytes, $rtt round trips)"
+us() { awk -v u="$1" 'BEGIN { printf "%.0f", u }'; }
+lab_log "bench: ours (order $order): dom0->domU $(rate "$nb" "$o_tx") MB/s, domU->dom0 $(rate "$nb" "$o_rx") MB/s, rtt $(us "$o_rtt") us ($nb bytes each way, $rtt round trips)"
+lab_log "bench: vchan-socket-proxy: dom0->domU $(rate "$vb" "$v_tx") MB/s, domU->dom0 $(rate "$vb" "$v_rx") MB/s, rtt $(us "$v_rtt") us ($vb bytes each way, $vrtt round trips)"
+lab_log "bench: dom0 unix socket: $(rate "$ub" "$u_tx") MB/s, rtt $(us "$u_rtt") us ($ub bytes, $rtt round trips)"
 
 # ratio NAME VALUE GOAL OP: prints the line; records a miss.
 miss=
@@ -130,7 +131,7 @@ ratio xen_tput_domU_to_dom0_vs_vchan_socket_proxy "$(q "$nb" "$o_rx" "$vb" "$v_r
 slow=$(awk -v a="$o_tx" -v b="$o_rx" 'BEGIN { print (a > b) ? a : b }')
 ratio xen_tput_vs_dom0_unix "$(q "$nb" "$slow" "$ub" "$u_tx")" 0.5 ">="
 ratio xen_rtt_vs_vchan_socket_proxy "$(awk -v a="$o_rtt" -v b="$v_rtt" 'BEGIN { printf "%.3f", a / b }')" 0.5 "<="
-lab_log "ratio xen_rtt_spin_${spin}us_vs_vchan_socket_proxy $(awk -v a="$o_rtt_spin" -v b="$v_rtt" 'BEGIN { printf "%.3f", a / b }') (experiment: $o_rtt_spin us)"
+lab_log "ratio xen_rtt_spin_${spin}us_vs_vchan_socket_proxy $(awk -v a="$o_rtt_spin" -v b="$v_rtt" 'BEGIN { printf "%.3f", a / b }') (experiment: $(us "$o_rtt_spin") us)"
 lab_log "ratio xen_rtt_vs_dom0_unix $(awk -v a="$o_rtt" -v b="$u_rtt" 'BEGIN { printf "%.3f", a / b }') (for the record)"
 lab_domu_wait "$id" 60 || lab_fail "the domU side failed (status $?)"
 if [ -n "$miss" ]; then
