@@ -107,7 +107,7 @@ if [ "$(lab_job_ready "$id" $n 60)" = ready ]; then
         lab_log "eof through vchan-socket-proxy, domU->dom0: all $veof bytes, then the close"
     elif [ "$LAB_RC" = 0 ]; then
         lab_log "eof through vchan-socket-proxy, domU->dom0 (its fault, not ours): the close came" \
-            "after ${got:-?} of $veof bytes; $((eof - ${got:-0})) bytes written before it were lost"
+            "after ${got:-?} of $veof bytes; $((veof - ${got:-0})) bytes written before it were lost"
     else
         lab_log "eof through vchan-socket-proxy, domU->dom0 (its fault, not ours): dom0's end exited" \
             "$LAB_RC (137: no close within 20 s): $(tail -n 1 "$LAB_RUN/i$n.err")"
@@ -127,7 +127,7 @@ if [ "$(lab_job_ready "$id" $n 60)" = ready ]; then
         lab_log "eof through vchan-socket-proxy, dom0->domU: all $veof bytes, then the close"
     elif [ "$urc" = 0 ]; then
         lab_log "eof through vchan-socket-proxy, dom0->domU (its fault, not ours): the close came" \
-            "after ${got:-?} of $veof bytes; $((eof - ${got:-0})) bytes written before it were lost"
+            "after ${got:-?} of $veof bytes; $((veof - ${got:-0})) bytes written before it were lost"
     else
         lab_log "eof through vchan-socket-proxy, dom0->domU (its fault, not ours): the domU's end exited" \
             "$urc (137: no close within 20 s): $(lab_job_get "$id" $n err | tail -n 1)"
