@@ -15,6 +15,8 @@
 //! first; the clock starts there), `--ack` (sent once everything arrived) and
 //! `--wait-ack` (read last; the clock stops there). One end then times the whole
 //! transfer from "the other end is there" to "the other end has everything".
+//! `--bye` and `--linger` order the close (the lingering end closes last), for
+//! transports that drop what is in flight when an end closes.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
