@@ -22,7 +22,7 @@ pub struct ConsoleLog {
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { what, source }
+    move |source| Error::Io { what: what.into(), source }
 }
 
 fn open(path: &Path) -> Result<File> {
@@ -39,10 +39,10 @@ impl ConsoleLog {
     /// (at least 1) rotated files are kept beside it.
     pub fn open(path: impl Into<PathBuf>, max_bytes: u64, keep: u32) -> Result<Self> {
         if max_bytes == 0 {
-            return Err(Error::Config("log max_bytes must be positive"));
+            return Err(Error::ConsoleConfig("log max_bytes must be positive"));
         }
         if keep == 0 {
-            return Err(Error::Config("log keep must be positive"));
+            return Err(Error::ConsoleConfig("log keep must be positive"));
         }
         let path = path.into();
         let file = open(&path)?;
@@ -144,7 +144,7 @@ mod tests {
     fn bad_config() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x");
-        assert!(matches!(ConsoleLog::open(&p, 0, 1), Err(Error::Config(_))));
-        assert!(matches!(ConsoleLog::open(&p, 1, 0), Err(Error::Config(_))));
+        assert!(matches!(ConsoleLog::open(&p, 0, 1), Err(Error::ConsoleConfig(_))));
+        assert!(matches!(ConsoleLog::open(&p, 1, 0), Err(Error::ConsoleConfig(_))));
     }
 }
