@@ -239,7 +239,10 @@ fn unix_socket_source_and_input() {
         assert_eq!(got, b"\x1b[1;8Rroot\r");
         // The peer hung up.
         let mut buf = [0u8; 16];
-        assert!(matches!(src.read(&mut buf).await, Err(Error::ConsoleClosed)));
+        assert!(matches!(
+            src.read(&mut buf).await,
+            Err(Error::ConsoleClosed)
+        ));
     });
 }
 

@@ -30,7 +30,10 @@ pub enum ConsoleSource {
 }
 
 fn io(what: &'static str) -> impl FnOnce(io::Error) -> Error {
-    move |source| Error::Io { what: what.into(), source }
+    move |source| Error::Io {
+        what: what.into(),
+        source,
+    }
 }
 
 /// End of input on a pty shows as EIO once the other side has closed.
@@ -91,6 +94,26 @@ impl ConsoleSource {
         Ok(ConsoleSource::Unix(
             UnixStream::connect(path).await.map_err(io("connect"))?,
         ))
+    }
+
+    /// A second handle on the same console, for a writer task: typed input then never
+    /// waits behind (or blocks) the reading and rendering.
+    pub fn try_clone(&self) -> Result<Self> {
+        let fd = match self {
+            ConsoleSource::Fd(afd) => afd.get_ref().as_fd().try_clone_to_owned(),
+            ConsoleSource::Unix(s) => s.as_fd().try_clone_to_owned(),
+        }
+        .map_err(io("dup"))?;
+        match self {
+            ConsoleSource::Fd(_) => Self::from_fd(fd),
+            ConsoleSource::Unix(_) => {
+                let s = std::os::unix::net::UnixStream::from(fd);
+                s.set_nonblocking(true).map_err(io("fcntl"))?;
+                Ok(ConsoleSource::Unix(
+                    UnixStream::from_std(s).map_err(io("register fd"))?,
+                ))
+            }
+        }
     }
 
     /// Waits for and reads some bytes; [`Error::ConsoleClosed`] at end of input.
@@ -166,7 +189,9 @@ fn done(r: io::Result<usize>) -> Result<usize> {
     match r {
         Ok(0) => Err(Error::ConsoleClosed),
         Ok(n) => Ok(n),
-        Err(e) if closed(&e) || e.kind() == io::ErrorKind::ConnectionReset => Err(Error::ConsoleClosed),
+        Err(e) if closed(&e) || e.kind() == io::ErrorKind::ConnectionReset => {
+            Err(Error::ConsoleClosed)
+        }
         Err(e) => Err(Error::Io {
             what: "read".into(),
             source: e,
@@ -205,18 +230,20 @@ pub async fn pump(
     let chunk = limits.chunk.clamp(1, 1 << 20);
     let mut buf = vec![0u8; chunk];
     let mut total = src.read(&mut buf).await?;
-    let mut take = |bytes: &[u8], log: &mut Option<&mut ConsoleLog>| -> Result<()> {
+    let mut take = |bytes: &[u8], log: &mut Option<&mut ConsoleLog>| {
         console.feed(bytes);
-        match log {
-            Some(l) => l.write(bytes),
-            None => Ok(()),
+        if let Some(l) = log {
+            // A failing log (a full disk) costs the log, not the console; it says so once.
+            if let Err(e) = l.write(bytes) {
+                tracing::warn!("console log {} stopped: {e}", l.path().display());
+            }
         }
     };
-    take(&buf[..total], &mut log)?;
+    take(&buf[..total], &mut log);
     while total < limits.budget {
         match src.try_read(&mut buf)? {
             Some(n) => {
-                take(&buf[..n], &mut log)?;
+                take(&buf[..n], &mut log);
                 total += n;
             }
             None => return Ok(total),

@@ -326,3 +326,11 @@ pub const MODERN: &[i32] = &[
 pub fn rect(w: u16, h: u16) -> Rect {
     Rect::new(0, 0, w, h)
 }
+
+/// The console view's size with the default 80x25 grid of 8x16 cells.
+pub const CONSOLE_SIZE: (u16, u16) = (640, 400);
+
+/// The viewer shows the console view.
+pub fn is_console(v: &TestViewer) -> bool {
+    v.size() == CONSOLE_SIZE && v.name.ends_with("\u{2014} console")
+}
