@@ -748,6 +748,51 @@ mod tests {
         let c = Config::parse(text, &dir.path().join("proxy.toml")).unwrap();
         assert_eq!(c.security, Security::VncAuth(b"pw".to_vec()));
         assert_eq!(c.domains.len(), 2);
+        assert!(c.xenstore.domains);
+        assert_eq!(c.web.as_ref().unwrap().path, "/websockify");
+        assert_eq!(c.console.log_keep, 3);
+    }
+
+    #[test]
+    fn console_switch_and_extra_views() {
+        let c = parse(
+            "[[domain]]\ndomid = 1\nconsole = \"pty:/dev/pts/4\"\n\
+             [[domain.upstream]]\nname = \"mon\"\nconnect = \"tcp:127.0.0.1:5999\"\nkey = \"ctrl-alt-f2\"\n\
+             [[domain]]\ndomid = 2\n\
+             [switch]\nconsole = \"ctrl-alt-f11\"\nmanual_hold_ms = 100\n\
+             [console]\ncols = 100\nrows = 30\nkeys = \"linux\"\nlog_dir = \"logs\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.domains[&1].console, ConsoleSpec::Pty("/dev/pts/4".into()));
+        assert_eq!(c.domains[&2].console, ConsoleSpec::Xenstore);
+        let e = &c.domains[&1].extras[0];
+        assert_eq!(e.name, "mon");
+        assert_eq!(
+            e.binding.as_ref().unwrap().target,
+            Target::Named("mon".into())
+        );
+        assert_eq!(c.switch.manual_hold, std::time::Duration::from_millis(100));
+        let console_key = c
+            .switch
+            .bindings
+            .iter()
+            .find(|b| b.target == Target::Console);
+        assert_eq!(console_key.unwrap().keysym, 0xffc8, "F11 replaced F1");
+        assert_eq!(
+            (c.console.config.cols, c.console.config.keys),
+            (100, KeyFlavour::Linux)
+        );
+        assert_eq!(c.console.log_dir, Some(PathBuf::from("/etc/xenvt/logs")));
+        for (t, want) in [
+            ("[[domain]]\ndomid = 1\nconsole = \"tty\"\n", "console"),
+            ("[[domain]]\ndomid = 1\n[[domain.upstream]]\nname = \"desktop\"\nconnect = \"tcp:127.0.0.1:1\"\n", "names are"),
+            ("[switch]\ndesktop = \"f7\"\n", "ctrl or alt"),
+            ("[console]\ncols = 0\n", "cols"),
+            ("[web]\npath = \"x\"\n", "web.path"),
+        ] {
+            let e = parse(t).unwrap_err().to_string();
+            assert!(e.contains(want), "{t:?}: {e}");
+        }
     }
 
     #[test]
