@@ -496,3 +496,76 @@ mod tests {
         assert_eq!(log_path(d, ""), Path::new("/logs/_.log"));
     }
 }
+
+#[cfg(test)]
+mod xenstore_tests {
+    use super::*;
+    use crate::domain::Domain;
+    use crate::view::SwitchPolicy;
+    use xenvt_ring::xenstore::MemStore;
+
+    #[tokio::test]
+    async fn the_console_follows_its_xenstore_node() {
+        let xs = MemStore::new();
+        let (dom, port) =
+            Domain::new(4, "vm4", Arc::new(SwitchPolicy::default()), (640, 400)).unwrap();
+        let set = ConsoleSettings {
+            source: ConsoleSpec::Xenstore,
+            ..ConsoleSettings::default()
+        };
+        let task = tokio::spawn(run_console(port, set, Some(xs.clone())));
+        // Two ptys in turn, as a reboot gives; each is read once named.
+        for word in ["first-boot", "second-boot"] {
+            let p = nix::pty::openpty(None, None).unwrap();
+            let path = nix::unistd::ttyname(&p.slave).unwrap();
+            let mut master = std::fs::File::from(p.master);
+            xs.write("/local/domain/4/console/tty", path.to_str().unwrap())
+                .await
+                .unwrap();
+            use std::io::Write;
+            master.write_all(word.as_bytes()).unwrap();
+            let (_, shared) = dom.attach();
+            // The view's damage is reported to attached viewers; wait for the word by
+            // polling the framebuffer on each wake-up.
+            let strip = {
+                let mut c = Console::new(&ConsoleConfig {
+                    cols: 20,
+                    rows: 1,
+                    ..ConsoleConfig::default()
+                })
+                .unwrap();
+                c.feed(word.as_bytes());
+                let mut fb = crate::rfb::Framebuffer::new(1, 1).unwrap();
+                c.render(&mut fb).unwrap();
+                fb
+            };
+            let w = word.len() * 8;
+            tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    {
+                        let fb = dom.current().fb;
+                        let fb = fb.read().unwrap();
+                        let found = (0..25).any(|row| {
+                            (0..16).all(|y| {
+                                fb.pixels()[(row * 16 + y) * 640..][..w]
+                                    == strip.pixels()[y * 160..][..w]
+                            })
+                        });
+                        if found {
+                            break;
+                        }
+                    }
+                    shared.notify.notified().await;
+                }
+            })
+            .await
+            .expect("the console shows what the pty wrote");
+            drop(p.slave);
+        }
+        // A value that is not a pts path is not opened.
+        xs.write("/local/domain/4/console/tty", "/etc/passwd")
+            .await
+            .unwrap();
+        task.abort();
+    }
+}

@@ -617,3 +617,33 @@ async fn dial_loop(dom: Arc<Domain>, dial: Dial, set: UpstreamSettings) {
         tokio::time::sleep(wait).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xenvt_ring::xenstore::MemStore;
+
+    #[tokio::test]
+    async fn domains_follow_introduce_and_release() {
+        let xs = MemStore::new();
+        xs.write("/local/domain/0/name", "Domain-0").await.unwrap();
+        xs.write("/local/domain/3/name", "vm\u{7}3").await.unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let t = tokio::spawn(watch_domains(xs.clone(), false, tx));
+        let first = rx.recv().await.unwrap();
+        assert_eq!(
+            first,
+            BTreeMap::from([(3, "vm3".to_owned())]),
+            "no dom0, no controls"
+        );
+        xs.write("/local/domain/7/name", "vm7").await.unwrap();
+        xs.write("@introduceDomain", "").await.unwrap();
+        let second = rx.recv().await.unwrap();
+        assert_eq!(second.keys().copied().collect::<Vec<_>>(), vec![3, 7]);
+        xs.rm("/local/domain/3").await.unwrap();
+        xs.write("@releaseDomain", "").await.unwrap();
+        let third = rx.recv().await.unwrap();
+        assert_eq!(third.keys().copied().collect::<Vec<_>>(), vec![7]);
+        t.abort();
+    }
+}

@@ -72,7 +72,7 @@ async fn placeholder_desktop_and_a_bad_desktop() {
     let mut v = TestViewer::connect(&p.viewer_addr(1), MODERN, None).await;
     assert_eq!(v.name, "vm1 \u{2014} console");
     assert_eq!(v.size(), CONSOLE_SIZE);
-    v.until("the console", |v| is_console(v)).await;
+    v.until("the console", is_console).await;
 
     // A desktop arrives: the viewer is resized to it and sees its pixels and name.
     let rev = p.reverse.clone().unwrap();
@@ -81,7 +81,7 @@ async fn placeholder_desktop_and_a_bad_desktop() {
         .await;
     assert_eq!(v.name, "vm1 \u{2014} desktop (fake)");
     drop(good);
-    v.until("the console again", |v| is_console(v)).await;
+    v.until("the console again", is_console).await;
 
     // A desktop that sends garbage after a good frame is dropped; the viewer stays.
     let bad = fake_desktop(&rev, 32, 32, 0xff0000, &[77, 1, 2, 3]).await;

@@ -35,7 +35,7 @@ async fn reverse_desktop_name_resize_and_back_to_placeholder() {
     let dir = tempfile::tempdir().unwrap();
     let p = Proxy::start(dir.path(), &config(""));
     let mut v = TestViewer::connect(&p.viewer_addr(1), MODERN, None).await;
-    v.until("the console", |v| is_console(v)).await;
+    v.until("the console", is_console).await;
 
     let x = Xvnc::start(dir.path(), "320x240");
     x.solid("#ff8000");
@@ -68,7 +68,7 @@ async fn reverse_desktop_name_resize_and_back_to_placeholder() {
     .await;
 
     drop(x);
-    v.until("the console again", |v| is_console(v)).await;
+    v.until("the console again", is_console).await;
     assert_eq!(v.name, "vm1 \u{2014} console");
 }
 
