@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod guest;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -53,6 +55,8 @@ pub struct Proxy {
     pub viewers: Vec<(u16, String)>,
     pub reverse: Option<String>,
     pub backend: Option<PathBuf>,
+    /// Other ready lines (`web addr=...`).
+    pub extra: Vec<String>,
 }
 
 impl Proxy {
@@ -74,6 +78,7 @@ impl Proxy {
             viewers: Vec::new(),
             reverse: None,
             backend: None,
+            extra: Vec::new(),
         };
         for line in out.lines() {
             let line = line.expect("proxy stdout");
@@ -93,6 +98,8 @@ impl Proxy {
                 p.reverse = kv("addr");
             } else if rest.starts_with("backend ") {
                 p.backend = kv("path").map(PathBuf::from);
+            } else {
+                p.extra.push(rest.to_owned());
             }
         }
         panic!("xenvt-proxy exited before it was ready");
@@ -325,4 +332,12 @@ pub const MODERN: &[i32] = &[
 
 pub fn rect(w: u16, h: u16) -> Rect {
     Rect::new(0, 0, w, h)
+}
+
+/// The console view's size with the default 80x25 grid of 8x16 cells.
+pub const CONSOLE_SIZE: (u16, u16) = (640, 400);
+
+/// The viewer shows the console view.
+pub fn is_console(v: &TestViewer) -> bool {
+    v.size() == CONSOLE_SIZE && v.name.ends_with("\u{2014} console")
 }
