@@ -477,13 +477,19 @@ impl Channel {
     /// Before waiting to write: asks the peer to kick us when it consumes, then
     /// looks again. `true` means there is no need to wait.
     pub fn prepare_write_wait(&self) -> Result<bool> {
+        self.prepare_write_wait_for(1)
+    }
+
+    /// Like [`Channel::prepare_write_wait`], but there is only no need to wait once
+    /// `need` bytes are free (a writer of whole frames cannot use less).
+    pub fn prepare_write_wait_for(&self, need: u32) -> Result<bool> {
         self.usable()?;
         self.check(self.notifier.request(layout::NOTIFY_READ))?;
         let space = match self.check(lock(&self.tx).writable()) {
             Ok(n) => n,
             Err(_) => return Ok(true),
         };
-        Ok(space > 0 || self.is_closed() || self.peer_state()? == PeerState::Closed)
+        Ok(space >= need.max(1) || self.is_closed() || self.peer_state()? == PeerState::Closed)
     }
 
     /// Bytes ready to read (one validated look at the peer's index).

@@ -35,6 +35,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The peer refused a stream (it answered our REQUEST with RST).
+    #[error("peer refused stream to service {0:?}")]
+    Refused(String),
+    /// A configured bound (streams per channel...) was reached.
+    #[error("limit reached: {0}")]
+    Limit(String),
+    /// The stream multiplexer is finished; no new streams.
+    #[error("multiplexer closed: {0}")]
+    MuxClosed(crate::mux::CloseReason),
     /// Plain I/O on a socket or fd.
     #[error(transparent)]
     Io(#[from] io::Error),

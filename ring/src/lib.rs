@@ -12,6 +12,7 @@ pub mod channel;
 pub mod error;
 pub mod fdio;
 pub mod layout;
+pub mod mux;
 pub mod notify;
 pub mod platform;
 pub mod proxyv2;

@@ -1,0 +1,1133 @@
+//! The driver: one task per channel that owns the rings, every stream and every
+//! stream's socket, so the hot paths need no locks and no handoffs.
+//!
+//! Each turn it takes commands from handles, parses whole frames in place and
+//! forwards RW payloads straight from the ring to their sockets, flushes what
+//! sockets did not take earlier, writes queued control frames, then reads ready
+//! sockets straight into the ring behind a reserved header. When nothing moves it
+//! posts vchan notify requests, looks again, and sleeps on the event channel and
+//! the sockets' readiness.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{Interest, Ready};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::frame::{
+    self, Header, Hello, Op, Violation, HDR_LEN, HELLO_MAX, SHUT_RCV, SHUT_SEND, VERSION,
+};
+use super::segs::Segs;
+use super::{
+    bump, CloseReason, Cmd, Counters, IncomingRequest, MuxConfig, Side, Socket, StreamEnd,
+    StreamHandle,
+};
+use crate::channel::Channel;
+use crate::{Error, Result};
+
+/// Turns of the loop before yielding to other tasks.
+const BUDGET: usize = 32;
+/// Frames handled per ring look, so one busy peer cannot starve the socket side.
+const FRAMES_PER_BATCH: usize = 256;
+/// Log lines per window per multiplexer (peer-triggered lines only).
+const LOG_BURST: u32 = 10;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// The event fd, borrowed from the channel's event channel.
+struct EvFd(RawFd);
+
+impl AsRawFd for EvFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Bounds the log lines a peer can cause.
+struct LogLimit {
+    start: Instant,
+    count: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            count: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        if self.start.elapsed() >= LOG_WINDOW {
+            if self.suppressed > 0 {
+                tracing::warn!(suppressed = self.suppressed, "mux: log lines suppressed");
+            }
+            self.start = Instant::now();
+            self.count = 0;
+            self.suppressed = 0;
+        }
+        if self.count < LOG_BURST {
+            self.count += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
+enum Phase {
+    /// We sent REQUEST; waiting for RESPONSE or RST.
+    Requesting {
+        service: String,
+        reply: oneshot::Sender<Result<StreamHandle>>,
+        done_rx: oneshot::Receiver<StreamEnd>,
+    },
+    /// The peer sent REQUEST; waiting for the local accept or refuse.
+    PendingAccept,
+    /// Data flows.
+    Connected,
+}
+
+struct Stream {
+    phase: Phase,
+    sock: Option<Socket>,
+    done: Option<oneshot::Sender<StreamEnd>>,
+    // Our sending direction (socket -> ring).
+    tx_cnt: u32,
+    peer_buf_alloc: u32,
+    peer_fwd: u32,
+    /// No more data from us: our socket hit EOF or the peer stopped reading.
+    tx_eof: bool,
+    stalled: bool,
+    // Our receiving direction (ring -> socket).
+    buf: Vec<u8>,
+    head: usize,
+    rx_cnt: u32,
+    fwd_cnt: u32,
+    /// The `fwd_cnt` we last told the peer.
+    adv_fwd: u32,
+    /// The peer sent SHUTDOWN(send).
+    rx_eof: bool,
+    /// We shut down our socket's write half.
+    wr_shut: bool,
+    credit_queued: bool,
+}
+
+impl Stream {
+    fn new(phase: Phase, sock: Option<Socket>, done: Option<oneshot::Sender<StreamEnd>>) -> Self {
+        Stream {
+            phase,
+            sock,
+            done,
+            tx_cnt: 0,
+            peer_buf_alloc: 0,
+            peer_fwd: 0,
+            tx_eof: false,
+            stalled: false,
+            buf: Vec::new(),
+            head: 0,
+            rx_cnt: 0,
+            fwd_cnt: 0,
+            adv_fwd: 0,
+            rx_eof: false,
+            wr_shut: false,
+            credit_queued: false,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.buf.len() - self.head
+    }
+
+    fn credit(&self) -> u32 {
+        self.peer_buf_alloc
+            .saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd))
+    }
+
+    fn connected(&self) -> bool {
+        matches!(self.phase, Phase::Connected)
+    }
+}
+
+/// A queued control frame; credit fields are filled in when it is written.
+struct Ctrl {
+    op: Op,
+    flags: u8,
+    id: u32,
+    payload: Vec<u8>,
+}
+
+pub(super) struct Driver {
+    // Declared before `chan`: deregister the fd before the channel closes it.
+    evfd: AsyncFd<EvFd>,
+    chan: Channel,
+    st: State,
+    cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+}
+
+struct State {
+    cfg: MuxConfig,
+    side: Side,
+    counters: Arc<Counters>,
+    cmd_weak: mpsc::WeakUnboundedSender<Cmd>,
+    inc_tx: Option<mpsc::Sender<IncomingRequest>>,
+    closed_tx: watch::Sender<Option<CloseReason>>,
+    streams: BTreeMap<u32, Stream>,
+    ctrl: VecDeque<Ctrl>,
+    next_id: u32,
+    /// Round-robin cursor for the sending side.
+    rr: u32,
+    log: LogLimit,
+    hello_done: bool,
+    fatal: Option<CloseReason>,
+}
+
+fn readv(fd: RawFd, iov: &[libc::iovec; 2], cnt: usize) -> io::Result<usize> {
+    // SAFETY: the iovecs describe free ring space reserved for us by the producer
+    // lock during this callback; the kernel writes at most their lengths there and
+    // no Rust reference to that memory exists.
+    let n = unsafe { libc::readv(fd, iov.as_ptr(), cnt as libc::c_int) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+fn sendv(fd: RawFd, iov: &mut [libc::iovec; 2], cnt: usize) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = cnt as _;
+    // SAFETY: the iovecs describe ring data valid during the read callback (or a
+    // private buffer); the kernel only reads them. `msg` and `iov` outlive the call.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+fn send_buf(fd: RawFd, b: &[u8]) -> io::Result<usize> {
+    let mut iov = [
+        libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        },
+        libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        },
+    ];
+    sendv(fd, &mut iov, 1)
+}
+
+fn chan_reason(e: Error) -> CloseReason {
+    match e {
+        Error::PeerClosed => CloseReason::PeerClosed,
+        e => CloseReason::Channel(e.to_string()),
+    }
+}
+
+impl State {
+    fn fatal(&mut self, v: Violation) {
+        if self.fatal.is_none() {
+            tracing::warn!(side = ?self.side, "mux: closing channel: {v}");
+            self.fatal = Some(CloseReason::Protocol(v.to_string()));
+        }
+    }
+
+    fn queue(&mut self, op: Op, flags: u8, id: u32, payload: Vec<u8>) {
+        self.ctrl.push_back(Ctrl {
+            op,
+            flags,
+            id,
+            payload,
+        });
+        // Every stream queues a handful of frames at most; beyond that the peer
+        // makes us answer faster than it drains our ring.
+        if self.ctrl.len() > 4 * self.cfg.max_streams as usize + 64 {
+            self.fatal(Violation::ControlFlood);
+        }
+    }
+
+    fn sync_open(&self) {
+        self.counters
+            .streams_open
+            .store(self.streams.len() as u64, Ordering::Relaxed);
+    }
+
+    fn alloc_id(&mut self) -> Option<u32> {
+        for _ in 0..=self.cfg.max_streams {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(2);
+            if self.next_id < 2 {
+                self.next_id = if self.side == Side::Guest { 1 } else { 2 };
+            }
+            if id != 0 && !self.streams.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Ends a stream. `rst`: tell the peer. The socket closes abortively unless the
+    /// stream ended cleanly.
+    fn end(&mut self, id: u32, end: StreamEnd, rst: bool) {
+        let Some(s) = self.streams.remove(&id) else {
+            return;
+        };
+        if rst {
+            bump(&self.counters.resets_sent, 1);
+            self.queue(Op::Rst, 0, id, Vec::new());
+        }
+        if let Some(sock) = &s.sock {
+            if end != StreamEnd::Closed {
+                sock.abort_on_close();
+            }
+        }
+        self.counters
+            .bytes_buffered
+            .fetch_sub(s.buffered() as u64, Ordering::Relaxed);
+        match s.phase {
+            Phase::Requesting { service, reply, .. } => {
+                let err = match end {
+                    StreamEnd::ResetByPeer => Error::Refused(service),
+                    StreamEnd::ResetLocal(m) => Error::Protocol(m),
+                    _ => Error::MuxClosed(self.fatal.clone().unwrap_or(CloseReason::Shutdown)),
+                };
+                let _ = reply.send(Err(err));
+            }
+            _ => {
+                if let Some(d) = s.done {
+                    let _ = d.send(end);
+                }
+            }
+        }
+        self.sync_open();
+    }
+
+    /// A stream-level violation: reset that stream only.
+    fn violation(&mut self, id: u32, what: &str) {
+        bump(&self.counters.stream_violations, 1);
+        if self.log.allow() {
+            tracing::warn!(side = ?self.side, stream = id, "mux: resetting stream: {what}");
+        }
+        self.end(id, StreamEnd::ResetLocal(what.to_owned()), true);
+    }
+
+    fn local_error(&mut self, id: u32, what: &str, e: io::Error) {
+        tracing::debug!(stream = id, "mux: {what}: {e}");
+        self.end(id, StreamEnd::ResetLocal(format!("{what}: {e}")), true);
+    }
+
+    fn maybe_credit(&mut self, id: u32) {
+        let threshold = (self.cfg.stream_buf / 4).max(1);
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if !s.rx_eof && !s.credit_queued && s.fwd_cnt.wrapping_sub(s.adv_fwd) >= threshold {
+            s.credit_queued = true;
+            self.queue(Op::CreditUpdate, 0, id, Vec::new());
+        }
+    }
+
+    fn maybe_close(&mut self, id: u32) {
+        let Some(s) = self.streams.get(&id) else {
+            return;
+        };
+        if s.connected() && s.tx_eof && s.rx_eof && s.buffered() == 0 && s.wr_shut {
+            self.end(id, StreamEnd::Closed, false);
+        }
+    }
+
+    /// Takes the credit fields of a frame from the peer; false if they lie.
+    fn take_credit(&mut self, id: u32, h: &Header) -> bool {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return true;
+        };
+        // The peer cannot have forwarded more than we sent, nor go backwards.
+        let adv = h.fwd_cnt.wrapping_sub(s.peer_fwd);
+        if adv > s.tx_cnt.wrapping_sub(s.peer_fwd) {
+            return false;
+        }
+        s.peer_fwd = h.fwd_cnt;
+        s.peer_buf_alloc = h.buf_alloc;
+        if s.stalled && s.credit() > 0 {
+            s.stalled = false;
+        }
+        true
+    }
+
+    /// Parses and handles whole frames in the ring; returns the bytes consumed.
+    fn on_frames(&mut self, segs: Segs, cx: &mut Context<'_>, stop_after_hello: bool) -> usize {
+        let mut off = 0;
+        for _ in 0..FRAMES_PER_BATCH {
+            let have = segs.len() - off;
+            if have == 0 || self.fatal.is_some() {
+                break;
+            }
+            let mut hb = [0u8; HDR_LEN];
+            if have < HDR_LEN || !segs.copy_out(off, &mut hb) {
+                self.fatal(Violation::Truncated {
+                    need: HDR_LEN as u64,
+                    have: have as u64,
+                });
+                break;
+            }
+            let h = match Header::parse(&hb) {
+                Ok(h) => h,
+                Err(v) => {
+                    self.fatal(v);
+                    break;
+                }
+            };
+            if h.frame_len() > have {
+                self.fatal(Violation::Truncated {
+                    need: h.frame_len() as u64,
+                    have: have as u64,
+                });
+                break;
+            }
+            self.on_frame(&h, segs, off + HDR_LEN, cx);
+            off += h.frame_len();
+            if stop_after_hello && self.hello_done {
+                break;
+            }
+        }
+        off
+    }
+
+    fn on_frame(&mut self, h: &Header, segs: Segs, poff: usize, cx: &mut Context<'_>) {
+        let id = h.stream;
+        if !self.hello_done {
+            if h.op != Op::Hello {
+                return self.fatal(Violation::NotHello);
+            }
+            let mut p = [0u8; HELLO_MAX as usize];
+            let p = &mut p[..h.len as usize];
+            segs.copy_out(poff, p);
+            match Hello::parse(p) {
+                Ok(hello) if hello.version == VERSION => self.hello_done = true,
+                Ok(hello) => {
+                    tracing::warn!(
+                        ours = VERSION,
+                        theirs = hello.version,
+                        "mux: version mismatch"
+                    );
+                    self.fatal = Some(CloseReason::Version {
+                        ours: VERSION,
+                        theirs: hello.version,
+                    });
+                }
+                Err(v) => self.fatal(v),
+            }
+            return;
+        }
+        if h.op.carries_credit() && h.op != Op::Request && !self.take_credit(id, h) {
+            return self.violation(id, "credit fields lie (fwd_cnt beyond bytes sent)");
+        }
+        match h.op {
+            Op::Hello => self.fatal(Violation::UnexpectedHello),
+            Op::Request => self.on_request(h, segs, poff),
+            Op::Response => match self.streams.get_mut(&id) {
+                Some(s) => {
+                    let phase = std::mem::replace(&mut s.phase, Phase::Connected);
+                    match phase {
+                        Phase::Requesting { reply, done_rx, .. } => {
+                            bump(&self.counters.streams_opened, 1);
+                            if reply.send(Ok(StreamHandle { id, rx: done_rx })).is_err() {
+                                // Nobody waits for it any more: abandon the stream.
+                                self.end(id, StreamEnd::ResetLocal("open cancelled".into()), true);
+                            }
+                        }
+                        other => {
+                            s.phase = other;
+                            self.violation(id, "RESPONSE on a stream not requested");
+                        }
+                    }
+                }
+                None => self.ignored(h),
+            },
+            Op::Rst => {
+                if self.streams.contains_key(&id) {
+                    bump(&self.counters.resets_received, 1);
+                    self.end(id, StreamEnd::ResetByPeer, false);
+                }
+            }
+            Op::Shutdown => match self.streams.get_mut(&id) {
+                Some(s) if s.connected() => {
+                    if h.flags & SHUT_SEND != 0 {
+                        s.rx_eof = true;
+                    }
+                    if h.flags & SHUT_RCV != 0 && !s.tx_eof {
+                        s.tx_eof = true;
+                        self.queue(Op::Shutdown, SHUT_SEND, id, Vec::new());
+                    }
+                    self.maybe_close(id);
+                }
+                Some(_) => self.violation(id, "SHUTDOWN before the stream was open"),
+                None => self.ignored(h),
+            },
+            Op::Rw => self.on_rw(h, segs, poff, cx),
+            Op::CreditUpdate => {}
+            Op::CreditRequest => match self.streams.get_mut(&id) {
+                Some(s) if s.connected() && !s.rx_eof && !s.credit_queued => {
+                    s.credit_queued = true;
+                    self.queue(Op::CreditUpdate, 0, id, Vec::new());
+                }
+                _ => {}
+            },
+        }
+    }
+
+    fn ignored(&mut self, h: &Header) {
+        // Late frames for a stream that just ended are normal (they crossed our RST
+        // or our close); they are only counted.
+        tracing::trace!(op = ?h.op, stream = h.stream, "mux: frame for unknown stream");
+    }
+
+    fn on_request(&mut self, h: &Header, segs: Segs, poff: usize) {
+        let id = h.stream;
+        if self.side.owns(id) {
+            return self.fatal(Violation::WrongParity(id));
+        }
+        let mut name = [0u8; frame::MAX_SERVICE as usize];
+        let name = &mut name[..h.len as usize];
+        segs.copy_out(poff, name);
+        if !frame::valid_service(name) {
+            return self.fatal(Violation::BadService);
+        }
+        // Checked printable ASCII just above, so this cannot fail.
+        let service = String::from_utf8_lossy(name).into_owned();
+        if self.streams.contains_key(&id) {
+            return self.violation(id, "REQUEST for a stream id in use");
+        }
+        let refuse = |st: &mut State, why: &str| {
+            bump(&st.counters.refused, 1);
+            bump(&st.counters.resets_sent, 1);
+            if st.log.allow() {
+                tracing::info!(side = ?st.side, stream = id, service, "mux: refusing stream: {why}");
+            }
+            st.queue(Op::Rst, 0, id, Vec::new());
+        };
+        if self.streams.len() >= self.cfg.max_streams as usize {
+            return refuse(self, "too many streams");
+        }
+        if h.fwd_cnt != 0 {
+            return refuse(self, "REQUEST with non-zero fwd_cnt");
+        }
+        let (Some(cmd), Some(inc)) = (self.cmd_weak.upgrade(), self.inc_tx.as_ref()) else {
+            return refuse(self, "shutting down");
+        };
+        let req = IncomingRequest {
+            id,
+            service: service.clone(),
+            cmd: Some(cmd),
+        };
+        if let Err(e) = inc.try_send(req) {
+            let mut req = e.into_inner();
+            // Defuse its Drop: we answer right here.
+            req.cmd = None;
+            return refuse(self, "nobody is accepting");
+        }
+        let mut s = Stream::new(Phase::PendingAccept, None, None);
+        s.peer_buf_alloc = h.buf_alloc;
+        self.streams.insert(id, s);
+        self.sync_open();
+    }
+
+    fn on_rw(&mut self, h: &Header, segs: Segs, poff: usize, cx: &mut Context<'_>) {
+        let id = h.stream;
+        let stream_buf = self.cfg.stream_buf;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return self.ignored(h);
+        };
+        if !s.connected() || s.rx_eof {
+            return self.violation(id, "data on a stream that is not open for it");
+        }
+        // What the peer may have in flight is bounded by what we last told it.
+        let in_flight = u64::from(s.rx_cnt.wrapping_sub(s.adv_fwd)) + u64::from(h.len);
+        if in_flight > u64::from(stream_buf) {
+            return self.violation(id, "credit overrun");
+        }
+        let len = h.len as usize;
+        s.rx_cnt = s.rx_cnt.wrapping_add(h.len);
+        bump(&self.counters.bytes_rx, len as u64);
+        let mut sent = 0;
+        let mut err = None;
+        if s.buffered() == 0 {
+            if let Some(sock) = &s.sock {
+                match sock.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let fd = sock.as_raw_fd();
+                        let (mut iov, cnt) = segs.iovecs(poff, len);
+                        match sock.try_io(Interest::WRITABLE, || sendv(fd, &mut iov, cnt)) {
+                            Ok(n) => sent = n.min(len),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                // Registers for writability (readiness was just cleared).
+                                let _ = sock.poll_write_ready(cx);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => err = Some(e),
+                        }
+                    }
+                    Poll::Ready(Err(e)) => err = Some(e),
+                    Poll::Pending => {}
+                }
+            }
+        }
+        if let Some(e) = err {
+            return self.local_error(id, "socket write", e);
+        }
+        s.fwd_cnt = s.fwd_cnt.wrapping_add(sent as u32);
+        if sent < len {
+            if s.buffered() == 0 {
+                s.buf.clear();
+                s.head = 0;
+            }
+            segs.append_to(poff + sent, len - sent, &mut s.buf);
+            bump(&self.counters.bytes_buffered, (len - sent) as u64);
+        }
+        self.maybe_credit(id);
+    }
+
+    /// Writes buffered bytes and pending half-closes to the sockets.
+    fn flush(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        let ids: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.connected() && (s.buffered() > 0 || (s.rx_eof && !s.wr_shut)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(s) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            let Some(sock) = &s.sock else { continue };
+            let mut err = None;
+            while s.buffered() > 0 {
+                match sock.poll_write_ready(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(e)) => {
+                        err = Some(e);
+                        break;
+                    }
+                    Poll::Ready(Ok(())) => {}
+                }
+                let fd = sock.as_raw_fd();
+                let pending = &s.buf[s.head..];
+                match sock.try_io(Interest::WRITABLE, || send_buf(fd, pending)) {
+                    Ok(n) => {
+                        let n = n.min(pending.len());
+                        s.head += n;
+                        s.fwd_cnt = s.fwd_cnt.wrapping_add(n as u32);
+                        self.counters
+                            .bytes_buffered
+                            .fetch_sub(n as u64, Ordering::Relaxed);
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        err = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = err {
+                self.local_error(id, "socket write", e);
+                continue;
+            }
+            if s.buffered() == 0 {
+                s.head = 0;
+                s.buf.clear();
+                if s.buf.capacity() > 64 << 10 {
+                    s.buf = Vec::new();
+                }
+                if s.rx_eof && !s.wr_shut {
+                    s.wr_shut = true;
+                    progress = true;
+                    if let Err(e) = sock.shutdown_write() {
+                        self.local_error(id, "socket shutdown", e);
+                        continue;
+                    }
+                }
+            }
+            self.maybe_credit(id);
+            self.maybe_close(id);
+        }
+        progress
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) -> bool {
+        match cmd {
+            Cmd::Open {
+                service,
+                sock,
+                reply,
+            } => {
+                if self.streams.len() >= self.cfg.max_streams as usize {
+                    let _ = reply.send(Err(Error::Limit(format!(
+                        "{} streams open",
+                        self.streams.len()
+                    ))));
+                    return true;
+                }
+                let Some(id) = self.alloc_id() else {
+                    let _ = reply.send(Err(Error::Limit("no free stream id".into())));
+                    return true;
+                };
+                let (done, done_rx) = oneshot::channel();
+                let payload = service.as_bytes().to_vec();
+                let phase = Phase::Requesting {
+                    service,
+                    reply,
+                    done_rx,
+                };
+                self.streams
+                    .insert(id, Stream::new(phase, Some(sock), Some(done)));
+                self.sync_open();
+                self.queue(Op::Request, 0, id, payload);
+            }
+            Cmd::Accept { id, sock, done } => match self.streams.get_mut(&id) {
+                Some(s) if matches!(s.phase, Phase::PendingAccept) => {
+                    s.phase = Phase::Connected;
+                    s.sock = Some(sock);
+                    s.done = Some(done);
+                    bump(&self.counters.streams_accepted, 1);
+                    self.queue(Op::Response, 0, id, Vec::new());
+                }
+                // The peer gave up on it meanwhile.
+                _ => {
+                    let _ = done.send(StreamEnd::ResetByPeer);
+                }
+            },
+            Cmd::Refuse { id } => {
+                if matches!(
+                    self.streams.get(&id).map(|s| &s.phase),
+                    Some(Phase::PendingAccept)
+                ) {
+                    self.streams.remove(&id);
+                    self.sync_open();
+                    bump(&self.counters.refused, 1);
+                    bump(&self.counters.resets_sent, 1);
+                    self.queue(Op::Rst, 0, id, Vec::new());
+                }
+            }
+            Cmd::Shutdown => return false,
+        }
+        true
+    }
+}
+
+/// What a sending pass needs before it can continue.
+enum Need {
+    Nothing,
+    /// Ring space of at least this many bytes.
+    Space(u32),
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        chan: Channel,
+        cfg: MuxConfig,
+        side: Side,
+        counters: Arc<Counters>,
+        cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+        cmd_weak: mpsc::WeakUnboundedSender<Cmd>,
+        inc_tx: mpsc::Sender<IncomingRequest>,
+        closed_tx: watch::Sender<Option<CloseReason>>,
+    ) -> Result<Self> {
+        // SAFETY: the fd belongs to the channel's event channel, which this struct
+        // owns and drops after the `AsyncFd` (field order), so it stays open and the
+        // same for the `AsyncFd`'s whole life.
+        let evfd =
+            unsafe { AsyncFd::register_with_interest(EvFd(chan.event_fd()), Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?;
+        let mut st = State {
+            cfg,
+            side,
+            counters,
+            cmd_weak,
+            inc_tx: Some(inc_tx),
+            closed_tx,
+            streams: BTreeMap::new(),
+            ctrl: VecDeque::new(),
+            next_id: if side == Side::Guest { 1 } else { 2 },
+            rr: 0,
+            log: LogLimit::new(),
+            hello_done: false,
+            fatal: None,
+        };
+        let hello = Hello {
+            version: VERSION,
+            max_streams: cfg.max_streams,
+        };
+        st.queue(Op::Hello, 0, 0, hello.encode().to_vec());
+        Ok(Self {
+            evfd,
+            chan,
+            st,
+            cmd_rx,
+        })
+    }
+
+    /// Sends our HELLO and waits for the peer's.
+    pub(super) async fn hello(&mut self) -> Result<()> {
+        match poll_fn(|cx| self.poll_turns(cx, true)).await {
+            None => Ok(()),
+            Some(reason) => {
+                self.chan.close();
+                let _ = self.st.closed_tx.send(Some(reason.clone()));
+                Err(match reason {
+                    CloseReason::PeerClosed => Error::PeerClosed,
+                    r @ (CloseReason::Version { .. } | CloseReason::Protocol(_)) => {
+                        Error::Protocol(r.to_string())
+                    }
+                    r => Error::MuxClosed(r),
+                })
+            }
+        }
+    }
+
+    /// Runs until the multiplexer finishes.
+    pub(super) async fn run(mut self) {
+        let reason = poll_fn(|cx| self.poll_turns(cx, false))
+            .await
+            .unwrap_or(CloseReason::Shutdown);
+        self.finish(reason);
+    }
+
+    fn finish(&mut self, reason: CloseReason) {
+        match &reason {
+            CloseReason::PeerClosed | CloseReason::Shutdown => {
+                tracing::debug!(side = ?self.st.side, "mux finished: {reason}")
+            }
+            _ => tracing::warn!(side = ?self.st.side, "mux finished: {reason}"),
+        }
+        self.st.fatal = Some(reason.clone());
+        self.chan.close();
+        self.st.inc_tx = None;
+        let ids: Vec<u32> = self.st.streams.keys().copied().collect();
+        for id in ids {
+            self.st.end(id, StreamEnd::MuxClosed, false);
+        }
+        self.cmd_rx.close();
+        while let Ok(cmd) = self.cmd_rx.try_recv() {
+            match cmd {
+                Cmd::Open { reply, .. } => {
+                    let _ = reply.send(Err(Error::MuxClosed(reason.clone())));
+                }
+                Cmd::Accept { done, .. } => {
+                    let _ = done.send(StreamEnd::MuxClosed);
+                }
+                _ => {}
+            }
+        }
+        let _ = self.st.closed_tx.send(Some(reason));
+    }
+
+    /// Drains the event fd if it is readable (registering the waker otherwise).
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
+        match self.evfd.poll_read_ready(cx) {
+            Poll::Ready(Ok(mut g)) => {
+                self.chan.clear_events().map_err(chan_reason)?;
+                g.clear_ready_matching(Ready::READABLE);
+                Ok(true)
+            }
+            Poll::Ready(Err(e)) => Err(CloseReason::Channel(e.to_string())),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    /// `Ready(None)`: the HELLO exchange is done (hello mode only).
+    /// `Ready(Some(reason))`: finished.
+    fn poll_turns(&mut self, cx: &mut Context<'_>, hello: bool) -> Poll<Option<CloseReason>> {
+        match self.turns(cx, hello) {
+            Ok(p) => p.map(|()| None),
+            Err(r) => Poll::Ready(Some(r)),
+        }
+    }
+
+    fn turns(&mut self, cx: &mut Context<'_>, hello: bool) -> Result<Poll<()>, CloseReason> {
+        for _ in 0..BUDGET {
+            let mut progress = false;
+            if !hello {
+                loop {
+                    match self.cmd_rx.poll_recv(cx) {
+                        Poll::Ready(Some(cmd)) => {
+                            progress = true;
+                            if !self.st.on_cmd(cmd) {
+                                return Err(CloseReason::Shutdown);
+                            }
+                        }
+                        // Every handle is gone: nobody can use the streams' results.
+                        Poll::Ready(None) => return Err(CloseReason::Shutdown),
+                        Poll::Pending => break,
+                    }
+                }
+            }
+            progress |= self.poll_event(cx)?;
+            progress |= self.receive(cx, hello)?;
+            if let Some(r) = self.st.fatal.take() {
+                return Err(r);
+            }
+            if hello && self.st.hello_done {
+                // Our HELLO must be out too before the handle is returned.
+                if self.send_ctrl()? {
+                    return Ok(Poll::Ready(()));
+                }
+            }
+            progress |= self.st.flush(cx);
+            let (moved, need) = self.send(cx, hello)?;
+            progress |= moved;
+            if let Some(r) = self.st.fatal.take() {
+                return Err(r);
+            }
+            if progress {
+                continue;
+            }
+            // Nothing moved: ask for kicks, look again, then sleep.
+            if self.chan.prepare_read_wait().map_err(chan_reason)? {
+                continue;
+            }
+            if let Need::Space(n) = need {
+                if self.chan.prepare_write_wait_for(n).map_err(chan_reason)? {
+                    continue;
+                }
+            }
+            if self.poll_event(cx)? {
+                continue;
+            }
+            return Ok(Poll::Pending);
+        }
+        cx.waker().wake_by_ref();
+        Ok(Poll::Pending)
+    }
+
+    /// Handles whole frames from the ring. Whether any were consumed.
+    fn receive(&mut self, cx: &mut Context<'_>, hello: bool) -> Result<bool, CloseReason> {
+        let mut any = false;
+        for _ in 0..4 {
+            let st = &mut self.st;
+            let r = self.chan.read_with(|segs| {
+                // SAFETY: these are the segments of this very callback, used only
+                // inside it.
+                let segs = unsafe { Segs::new(segs) };
+                Ok(st.on_frames(segs, cx, hello))
+            });
+            match r {
+                Ok(Some(0)) | Ok(None) => break,
+                Ok(Some(_)) => any = true,
+                Err(e) => return Err(chan_reason(e)),
+            }
+            if self.st.fatal.is_some() || (hello && self.st.hello_done) {
+                break;
+            }
+        }
+        Ok(any)
+    }
+
+    /// Writes queued control frames; true when none is left.
+    fn send_ctrl(&mut self) -> Result<bool, CloseReason> {
+        if self.st.ctrl.is_empty() {
+            return Ok(true);
+        }
+        let st = &mut self.st;
+        let r = self.chan.write_with(|segs| {
+            // SAFETY: the segments of this callback, used only inside it.
+            let segs = unsafe { Segs::new(segs) };
+            let mut off = 0;
+            while let Some(c) = st.ctrl.front() {
+                let len = HDR_LEN + c.payload.len();
+                if segs.len() - off < len {
+                    break;
+                }
+                let mut h = Header::new(c.op, c.flags, c.id, c.payload.len() as u32);
+                if c.op.carries_credit() {
+                    match st.streams.get_mut(&c.id) {
+                        Some(s) => {
+                            h.buf_alloc = st.cfg.stream_buf;
+                            h.fwd_cnt = s.fwd_cnt;
+                            s.adv_fwd = s.fwd_cnt;
+                            if c.op == Op::CreditUpdate {
+                                s.credit_queued = false;
+                            }
+                        }
+                        None if c.op == Op::CreditUpdate => {
+                            st.ctrl.pop_front();
+                            continue;
+                        }
+                        None => h.buf_alloc = st.cfg.stream_buf,
+                    }
+                }
+                segs.copy_in(off, &h.encode());
+                segs.copy_in(off + HDR_LEN, &c.payload);
+                off += len;
+                st.ctrl.pop_front();
+            }
+            Ok(off)
+        });
+        match r {
+            Ok(_) => Ok(self.st.ctrl.is_empty()),
+            Err(Error::PeerClosed) => Ok(false),
+            Err(e) => Err(chan_reason(e)),
+        }
+    }
+
+    /// Control frames, then socket data straight into the ring.
+    fn send(&mut self, cx: &mut Context<'_>, hello: bool) -> Result<(bool, Need), CloseReason> {
+        let before = self.st.ctrl.len();
+        if !self.send_ctrl()? {
+            let need = self
+                .st
+                .ctrl
+                .front()
+                .map_or(HDR_LEN, |c| HDR_LEN + c.payload.len());
+            return Ok((self.st.ctrl.len() != before, Need::Space(need as u32)));
+        }
+        let mut progress = self.st.ctrl.len() != before;
+        if hello {
+            return Ok((progress, Need::Nothing));
+        }
+        let ids: Vec<u32> = {
+            let rr = self.st.rr;
+            let st = &self.st.streams;
+            st.range(rr.saturating_add(1)..)
+                .chain(st.range(..=rr))
+                .filter(|(_, s)| s.connected() && !s.tx_eof && s.sock.is_some())
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in ids {
+            let free = match self.chan.writable() {
+                Ok(n) => n as usize,
+                Err(Error::PeerClosed) => return Ok((progress, Need::Nothing)),
+                Err(e) => return Err(chan_reason(e)),
+            };
+            if free < HDR_LEN + 1 {
+                return Ok((progress, Need::Space(HDR_LEN as u32 + 1)));
+            }
+            progress |= self.send_stream(id, cx)?;
+            if !self.st.ctrl.is_empty() {
+                // An EOF queued a SHUTDOWN: it goes out before more data.
+                progress = true;
+                break;
+            }
+        }
+        Ok((progress, Need::Nothing))
+    }
+
+    /// One readv from a stream's socket into the ring, if it has data and credit.
+    fn send_stream(&mut self, id: u32, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
+        let max_frame = self.st.cfg.max_frame;
+        let stream_buf = self.st.cfg.stream_buf;
+        let Some(s) = self.st.streams.get_mut(&id) else {
+            return Ok(false);
+        };
+        let credit = s.credit();
+        if credit == 0 {
+            if !s.stalled {
+                s.stalled = true;
+                bump(&self.st.counters.credit_stalls, 1);
+            }
+            return Ok(false);
+        }
+        let Some(sock) = &s.sock else {
+            return Ok(false);
+        };
+        match sock.poll_read_ready(cx) {
+            Poll::Pending => return Ok(false),
+            Poll::Ready(Err(e)) => {
+                self.st.local_error(id, "socket read", e);
+                return Ok(true);
+            }
+            Poll::Ready(Ok(())) => {}
+        }
+        let fd = sock.as_raw_fd();
+        let fwd_cnt = s.fwd_cnt;
+        let max = credit.min(max_frame) as usize;
+        let mut eof = false;
+        let mut chan_err = None;
+        let chan = &self.chan;
+        let r = sock.try_io(Interest::READABLE, || {
+            let w = chan.write_with(|segs| {
+                // SAFETY: the segments of this callback, used only inside it.
+                let segs = unsafe { Segs::new(segs) };
+                if segs.len() <= HDR_LEN {
+                    return Ok(0);
+                }
+                let max = max.min(segs.len() - HDR_LEN);
+                let (iov, cnt) = segs.iovecs(HDR_LEN, max);
+                let n = readv(fd, &iov, cnt)?.min(max);
+                if n == 0 {
+                    eof = true;
+                    return Ok(0);
+                }
+                let h = Header {
+                    op: Op::Rw,
+                    flags: 0,
+                    stream: id,
+                    len: n as u32,
+                    buf_alloc: stream_buf,
+                    fwd_cnt,
+                };
+                // The header goes in last; the commit publishes header and data at once.
+                segs.copy_in(0, &h.encode());
+                Ok(HDR_LEN + n)
+            });
+            match w {
+                Ok(v) => Ok(v),
+                Err(Error::Io(e)) => Err(e),
+                Err(e) => {
+                    chan_err = Some(e);
+                    Ok(None)
+                }
+            }
+        });
+        let mut moved = false;
+        match r {
+            Ok(Some(n)) if n > HDR_LEN => {
+                let n = (n - HDR_LEN) as u32;
+                s.tx_cnt = s.tx_cnt.wrapping_add(n);
+                s.adv_fwd = fwd_cnt;
+                bump(&self.st.counters.bytes_tx, u64::from(n));
+                self.st.rr = id;
+                moved = true;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Readiness was cleared: register for the next edge now, or a
+                // sleep right after this would never hear of it.
+                return Ok(sock.poll_read_ready(cx).is_ready());
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            Err(e) => {
+                self.st.local_error(id, "socket read", e);
+                return Ok(true);
+            }
+        }
+        if eof {
+            s.tx_eof = true;
+            self.st.queue(Op::Shutdown, SHUT_SEND, id, Vec::new());
+            self.st.maybe_close(id);
+            return Ok(true);
+        }
+        match chan_err {
+            None => Ok(moved),
+            Some(Error::PeerClosed) => Ok(false),
+            Some(e) => Err(chan_reason(e)),
+        }
+    }
+}
