@@ -225,9 +225,9 @@ impl Config {
             )));
         }
         let stream_buf = raw.limits.stream_buf.unwrap_or(256 << 10);
-        if !(4096..=(64 << 20)).contains(&stream_buf) {
+        if !(4096..=(16 << 20)).contains(&stream_buf) {
             return Err(bad(format!(
-                "limits.stream_buf {stream_buf} is outside 4096..=67108864"
+                "limits.stream_buf {stream_buf} is outside 4096..=16777216"
             )));
         }
         let hello = raw.limits.hello_timeout_secs.unwrap_or(5);
@@ -321,7 +321,10 @@ mod tests {
         let cases = [
             ("run_dir = \"rel\"", "absolute"),
             ("[services.\"a/b\"]\nlisten = true", "service name"),
-            ("[services.v]\ndeliver = \"rel.sock\"", "absolute socket path"),
+            (
+                "[services.v]\ndeliver = \"rel.sock\"",
+                "absolute socket path",
+            ),
             ("[services.v]", "neither"),
             ("[guests.vm1]\ngroup = \"no-such-group-xenvt\"", "no group"),
             ("[limits]\nstream_buf = 1", "stream_buf"),

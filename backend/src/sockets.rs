@@ -108,8 +108,7 @@ mod tests {
     #[tokio::test]
     async fn private_by_default_and_removed_on_drop() {
         let t = tempfile::tempdir().unwrap();
-        let s = GuestSockets::create(t.path(), "vm1", &["vnc".into(), "ssh".into()], None)
-            .unwrap();
+        let s = GuestSockets::create(t.path(), "vm1", &["vnc".into(), "ssh".into()], None).unwrap();
         let d = t.path().join("vm1");
         assert_eq!(mode(&d), 0o700);
         assert_eq!(mode(&d.join("vnc.sock")), 0o600);

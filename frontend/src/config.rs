@@ -259,9 +259,9 @@ impl Config {
             )));
         }
         let stream_buf = raw.limits.stream_buf.unwrap_or(256 << 10);
-        if !(4096..=(64 << 20)).contains(&stream_buf) {
+        if !(4096..=(16 << 20)).contains(&stream_buf) {
             return Err(bad(format!(
-                "limits.stream_buf {stream_buf} is outside 4096..=67108864"
+                "limits.stream_buf {stream_buf} is outside 4096..=16777216"
             )));
         }
         Ok(Config {

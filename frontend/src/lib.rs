@@ -197,7 +197,9 @@ impl<X: Xenstore> Agent<X> {
         // A new value per publication, so the backend can tell a fresh channel
         // from the stale one it just lost even if the ids were reused.
         let tag = format!("{}-{serial}", std::process::id());
-        self.xs.write(&format!("{}/serial", self.base), &tag).await?;
+        self.xs
+            .write(&format!("{}/serial", self.base), &tag)
+            .await?;
         self.xs.write(&state, STATE_READY).await?;
         Ok(ch)
     }
