@@ -217,7 +217,7 @@ impl<X: Xenstore> Agent<X> {
         let mut accepters = Vec::new();
         for (l, svc) in std::mem::take(&mut self.listeners) {
             let addr = l.local_addr()?;
-            info!(%addr, service = %svc, "listening");
+            info!("listening on {addr} for service {svc}");
             accepters.push(tokio::spawn(
                 accept_loop(l, svc, cur_rx.clone(), limiter.clone()).in_current_span(),
             ));
@@ -267,7 +267,11 @@ impl<X: Xenstore> Agent<X> {
                 tokio::select! {
                     req = incoming.next() => match req {
                         Some(r) => self.dispatch(r, &limiter),
-                        None => break,
+                        None => {
+                            let reason = handle.closed().await;
+                            info!(%reason, "backend gone: streams reset, publishing again");
+                            break;
+                        }
                     },
                     reason = handle.closed() => {
                         info!(%reason, "backend gone: streams reset, publishing again");
