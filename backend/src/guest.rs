@@ -24,6 +24,10 @@ pub const DELIVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed attachment, so a guest rewriting its nodes cannot make
 /// the backend spin.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Longest pause between attachments of a misbehaving guest.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// An attachment that lasted this long resets the pause.
+pub const STABLE: Duration = Duration::from_secs(5);
 /// How long a shut-down mux may take to release the channel.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -120,6 +124,7 @@ impl<X: Xenstore> Guest<X> {
     pub async fn run(mut self) {
         let limiter: Limiter = Arc::new(Mutex::new(RateLimit::default()));
         let mut last: Option<Publication> = None;
+        let mut backoff = RETRY_PAUSE;
         let base = self.base();
         let mut stop = self.stop.clone();
         while !self.stopped() {
@@ -140,17 +145,27 @@ impl<X: Xenstore> Guest<X> {
                 }
             };
             last = Some(p.clone());
-            match self.attach(&p, &limiter).await {
-                Ok(()) => {}
+            let began = tokio::time::Instant::now();
+            let ok = match self.attach(&p, &limiter).await {
+                Ok(()) => true,
                 Err(e) => {
                     if let Some(n) = allow(&limiter) {
                         warn!(suppressed = n, "attach failed: {e}");
                     }
-                    tokio::select! {
-                        () = tokio::time::sleep(RETRY_PAUSE) => {}
-                        () = Self::wait_stop(&mut stop) => break,
-                    }
+                    false
                 }
+            };
+            // A guest that fails or drops its attachments quickly waits longer
+            // each time: its log lines and our work stay bounded per hour.
+            if ok && began.elapsed() >= STABLE {
+                backoff = RETRY_PAUSE;
+                continue;
+            }
+            let pause = backoff;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = Self::wait_stop(&mut stop) => break,
             }
         }
         debug!("guest task done");

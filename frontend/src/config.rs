@@ -213,7 +213,8 @@ impl Config {
                     "listen address {address} is not loopback: set public = true to expose it"
                 )));
             }
-            if !seen.insert(address) {
+            // Port 0 picks a free port each time, so only fixed ports can clash.
+            if address.port() != 0 && !seen.insert(address) {
                 return Err(bad(format!("listen address {address} is given twice")));
             }
             listen.push(Listen {

@@ -80,6 +80,10 @@ enum BenchCmd {
     /// A process end of a benchmark (internal).
     #[command(hide = true)]
     Peer(xenvt::bench::peer::PeerArgs),
+    /// A test peer that publishes a channel like an agent and breaks the stream
+    /// protocol on purpose (internal, for tests).
+    #[command(hide = true)]
+    HostileAgent(xenvt::bench::tunnel::hostile::HostileArgs),
 }
 
 fn main() -> ExitCode {
@@ -115,6 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
             BenchCmd::Peer(a) => xenvt::bench::peer::run(a).await,
+            BenchCmd::HostileAgent(a) => xenvt::bench::tunnel::hostile::run(a).await,
         },
     }
 }

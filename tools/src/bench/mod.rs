@@ -6,6 +6,7 @@
 
 pub mod peer;
 pub mod ring;
+pub mod tunnel;
 
 use serde::{Deserialize, Serialize};
 
