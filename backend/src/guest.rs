@@ -224,7 +224,6 @@ impl<X: Xenstore> Guest<X> {
                 () = Self::wait_stop(&mut stop) => break "guest going away".to_string(),
             }
         };
-        info!(%reason, "agent detached");
         for a in accepters {
             a.abort();
         }
@@ -233,6 +232,7 @@ impl<X: Xenstore> Guest<X> {
         // Let the driver drop the channel (unmapping it) before we say we are done.
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, handle.closed()).await;
         drop(handle);
+        info!(%reason, "agent detached");
         Ok(())
     }
 

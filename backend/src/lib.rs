@@ -98,6 +98,74 @@ pub struct Backend<X: Xenstore + Clone> {
     ignored: BTreeSet<u16>,
 }
 
+/// Watch events, coalesced: which domains to look at again, whether to list
+/// them all. The watch streams are drained at once by [`forward`] (the xenstore
+/// client stops answering requests while an undelivered event waits), and a
+/// guest writing nodes in a loop costs one flag, not a queue.
+#[derive(Default)]
+struct Dirty {
+    state: std::sync::Mutex<DirtyState>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct DirtyState {
+    ids: BTreeSet<u16>,
+    rescan: bool,
+    ended: Option<String>,
+}
+
+impl Dirty {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DirtyState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self) -> (BTreeSet<u16>, bool, Option<String>) {
+        let mut g = self.lock();
+        (
+            std::mem::take(&mut g.ids),
+            std::mem::take(&mut g.rescan),
+            g.ended.take(),
+        )
+    }
+}
+
+/// Drains one watch into `dirty`.
+async fn forward(
+    mut w: xenvt_ring::xenstore::WatchStream,
+    path: &'static str,
+    dirty: Arc<Dirty>,
+    channel_path: String,
+) {
+    while let Some(ev) = w.next().await {
+        {
+            let mut g = dirty.lock();
+            match domid_of(&ev) {
+                Some(id) => {
+                    let home = format!("/local/domain/{id}");
+                    let rest = &ev[home.len().min(ev.len())..];
+                    if rest.is_empty() {
+                        // The home itself: perhaps removed.
+                        g.rescan = true;
+                    } else if rest == "/name"
+                        || rest.strip_prefix('/').is_some_and(|r| {
+                            r == channel_path
+                                || r.strip_prefix(channel_path.as_str())
+                                    .is_some_and(|t| t.starts_with('/'))
+                        })
+                    {
+                        g.ids.insert(id);
+                    }
+                }
+                None => g.rescan = true,
+            }
+        }
+        dirty.notify.notify_one();
+    }
+    dirty.lock().ended = Some(path.to_owned());
+    dirty.notify.notify_one();
+}
+
 /// The domain id in `/local/domain/<id>...`, if `path` is there.
 fn domid_of(path: &str) -> Option<u16> {
     let rest = path.strip_prefix("/local/domain/")?;
@@ -136,45 +204,53 @@ impl<X: Xenstore + Clone> Backend<X> {
 
     async fn watch_loop(&mut self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         sockets::prepare_run_dir(&self.cfg.run_dir)?;
-        let mut local = self.xs.watch("/local/domain").await?;
-        let mut intro = self.xs.watch("@introduceDomain").await?;
-        let mut release = self.xs.watch("@releaseDomain").await?;
+        let dirty = Arc::new(Dirty::default());
+        let mut forwarders = Vec::new();
+        for path in ["/local/domain", "@introduceDomain", "@releaseDomain"] {
+            let w = self.xs.watch(path).await?;
+            forwarders.push(tokio::spawn(forward(
+                w,
+                path,
+                dirty.clone(),
+                self.cfg.channel_path.clone(),
+            )));
+        }
         info!(run_dir = %self.cfg.run_dir.display(), "watching for agents");
         tokio::pin!(shutdown);
-        loop {
+        let r = loop {
             tokio::select! {
-                ev = local.next() => {
-                    let ev = ev.ok_or_else(|| Error::WatchEnded("/local/domain".into()))?;
-                    match domid_of(&ev) {
-                        Some(id) => self.touched(id, &ev).await?,
-                        None => self.rescan().await?,
+                () = dirty.notify.notified() => {
+                    let (ids, rescan, ended) = dirty.take();
+                    if let Some(p) = ended {
+                        break Err(Error::WatchEnded(p));
+                    }
+                    if let Err(e) = self.look_again(ids, rescan).await {
+                        break Err(e);
                     }
                 }
-                ev = intro.next() => {
-                    ev.ok_or_else(|| Error::WatchEnded("@introduceDomain".into()))?;
-                    self.rescan().await?;
-                }
-                ev = release.next() => {
-                    ev.ok_or_else(|| Error::WatchEnded("@releaseDomain".into()))?;
-                    self.rescan().await?;
-                }
-                () = &mut shutdown => return Ok(()),
+                () = &mut shutdown => break Ok(()),
             }
+        };
+        for f in forwarders {
+            f.abort();
         }
+        r
     }
 
-    /// Something changed under `/local/domain/<id>`.
-    async fn touched(&mut self, id: u16, path: &str) -> Result<()> {
+    async fn look_again(&mut self, ids: BTreeSet<u16>, rescan: bool) -> Result<()> {
+        if rescan {
+            self.rescan().await?;
+        }
+        for id in ids {
+            self.touched(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Something changed for domain `id`: its agent's nodes, or its name.
+    async fn touched(&mut self, id: u16) -> Result<()> {
         if let Some(e) = self.guests.get(&id) {
-            let base = format!("/local/domain/{id}/{}", self.cfg.channel_path);
-            let home = format!("/local/domain/{id}");
-            if path.starts_with(&base) || path == home {
-                e.kick.notify_one();
-            }
-            if path == home {
-                // Possibly removed: only a rescan can tell.
-                self.rescan().await?;
-            }
+            e.kick.notify_one();
             return Ok(());
         }
         if self.ignored.contains(&id) {

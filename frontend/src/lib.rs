@@ -248,8 +248,8 @@ impl<X: Xenstore> Agent<X> {
                     }
                 }
             };
-            info!("backend connected");
             cur_tx.send_replace(Some(handle.clone()));
+            info!("backend connected");
             if let Some(h) = &self.cfg.hook {
                 if hook_task.as_ref().is_some_and(|t| !t.is_finished()) {
                     warn!("hook from the previous connection is still running: not started again");
