@@ -186,12 +186,18 @@ fn agent_toml(sink: SocketAddr) -> String {
 
 impl Setup {
     async fn new() -> anyhow::Result<Setup> {
+        Setup::with(|_| String::new()).await
+    }
+
+    /// With more backend config, made from the rig (for paths).
+    async fn with(extra: impl FnOnce(&Rig) -> String) -> anyhow::Result<Setup> {
         let rig = Rig::new(exe()).await?;
+        let extra = extra(&rig);
         let vm1 = rig.host.create("vm1").await?;
         let svc = Service::new(rig.path("vnc.sock"));
         let stall = Service::new(rig.path("stall.sock"));
         let sink = TcpListener::bind("127.0.0.1:0").await?;
-        let mut backend = rig.backend(&backend_toml(&rig, "")).await?;
+        let mut backend = rig.backend(&backend_toml(&rig, &extra)).await?;
         let (mut agent, addrs) = rig.agent(&vm1, &agent_toml(sink.local_addr()?)).await?;
         ensure!(addrs.len() == 4, "agent listeners: {addrs:?}");
         backend.wait_for("listening for dom0").await?;
@@ -449,6 +455,20 @@ async fn broken_promptly(
     closed_soon(&mut d).await
 }
 
+/// Waits until `d` holds `want` fds (a stream's socket is closed a moment
+/// after its end is seen on the far side); fails with the last count.
+async fn fds_settle(d: &Daemon, want: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + PROMPT;
+    loop {
+        let n = d.fd_count()?;
+        if n == want {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{n} fds, want {want}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 fn ms_between(a: Instant) -> u128 {
     a.elapsed().as_millis()
 }
@@ -473,7 +493,7 @@ async fn backend_killed_mid_transfer() -> anyhow::Result<()> {
     s.agent.wait_for("backend connected").await?;
     guest_to_dom0(s.addrs[0], &mut s.svc, 9, 8 << 20).await?;
     // The agent holds what it held before: one channel, its listeners.
-    assert_eq!(s.agent.fd_count()?, agent_fds, "agent fds");
+    fds_settle(&s.agent, agent_fds).await.context("agent fds")?;
     s.finish().await
 }
 
@@ -502,8 +522,9 @@ async fn agent_killed_mid_transfer() -> anyhow::Result<()> {
     s.agent = agent;
     s.addrs = addrs;
     s.backend.wait_for("listening for dom0").await?;
+    s.agent.wait_for("backend connected").await?;
     guest_to_dom0(s.addrs[0], &mut s.svc, 10, 8 << 20).await?;
-    assert_eq!(s.backend.fd_count()?, backend_fds, "backend fds");
+    fds_settle(&s.backend, backend_fds).await.context("backend fds")?;
     s.finish().await
 }
 
@@ -610,16 +631,26 @@ async fn configs_are_checked_and_name_the_file() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_hostile_agent_does_not_disturb_another_guest() -> anyhow::Result<()> {
-    let mut s = Setup::new().await?;
+    let mut s = Setup::with(|rig| {
+        format!(
+            "[services.evil]\ndeliver = {:?}\n",
+            rig.path("evil.sock").display().to_string()
+        )
+    })
+    .await?;
+    // What the hostile guest manages to open lands here, and is drained.
+    let mut evil_svc = Service::new(s.rig.path("evil.sock"));
+    evil_svc.echo();
     let n = (big() / 4).max(1 << 20);
     let t = Instant::now();
     guest_to_dom0(s.addrs[0], &mut s.svc, 20, n).await?;
     let alone = t.elapsed().as_secs_f64();
 
+    let lines_before = s.backend.log().len();
     let vm2 = s.rig.host.create("evil").await?;
     let mut hostile = s.rig.host.xenvt_in(&vm2);
     hostile
-        .args(["bench", "hostile-agent", "--mode", "all"])
+        .args(["bench", "hostile-agent", "--mode", "all", "--service", "evil"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut hostile = hostile.spawn()?;
@@ -654,9 +685,9 @@ async fn a_hostile_agent_does_not_disturb_another_guest() -> anyhow::Result<()> 
         beside,
         rounds.load(Ordering::Relaxed)
     );
-    let evil = format!("guest{{domid={}}}", vm2.id);
-    let lines = s.backend.log().iter().filter(|l| l.contains(&evil)).count();
-    eprintln!("backend log lines about the hostile guest: {lines}");
+    // Everything the backend said meanwhile (the mux's own lines included).
+    let lines = s.backend.log().len() - lines_before;
+    eprintln!("backend log lines while the hostile guest played: {lines}");
     assert!(lines < 200, "unbounded log: {lines} lines");
     hostile.start_kill()?;
     hostile.wait().await?;
