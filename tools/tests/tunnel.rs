@@ -215,7 +215,10 @@ impl Setup {
     }
 
     fn guest_socket(&self, service: &str) -> PathBuf {
-        self.rig.run_dir().join("vm1").join(format!("{service}.sock"))
+        self.rig
+            .run_dir()
+            .join("vm1")
+            .join(format!("{service}.sock"))
     }
 
     async fn finish(mut self) -> anyhow::Result<()> {
@@ -509,7 +512,9 @@ async fn agent_killed_mid_transfer() -> anyhow::Result<()> {
     eprintln!("backend saw the agent die after {seen} ms");
     assert!(seen < 1000, "backend took {seen} ms to see the agent die");
     // The sender's TCP peer (the agent) is gone; the delivered stream ends.
-    let _ = tokio::time::timeout(PROMPT, sender).await.context("sender hung")?;
+    let _ = tokio::time::timeout(PROMPT, sender)
+        .await
+        .context("sender hung")?;
     closed_soon(&mut { d }).await?;
     // The guest's sockets are gone with it, and dom0 maps nothing.
     assert!(!s.rig.run_dir().join("vm1").exists());
@@ -524,7 +529,9 @@ async fn agent_killed_mid_transfer() -> anyhow::Result<()> {
     s.backend.wait_for("listening for dom0").await?;
     s.agent.wait_for("backend connected").await?;
     guest_to_dom0(s.addrs[0], &mut s.svc, 10, 8 << 20).await?;
-    fds_settle(&s.backend, backend_fds).await.context("backend fds")?;
+    fds_settle(&s.backend, backend_fds)
+        .await
+        .context("backend fds")?;
     s.finish().await
 }
 
@@ -545,7 +552,9 @@ async fn domain_destroyed_mid_transfer() -> anyhow::Result<()> {
         })
         .await?;
     s.backend.wait_for("guest gone").await?;
-    let _ = tokio::time::timeout(PROMPT, sender).await.context("sender hung")?;
+    let _ = tokio::time::timeout(PROMPT, sender)
+        .await
+        .context("sender hung")?;
     closed_soon(&mut { d }).await?;
     assert!(!s.rig.run_dir().join("vm1").exists());
     assert!(s.rig.run_dir().join("vm2").exists());
@@ -611,7 +620,10 @@ async fn configs_are_checked_and_name_the_file() -> anyhow::Result<()> {
         .await?;
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(".toml: ") && err.contains("not loopback"), "{err}");
+    assert!(
+        err.contains(".toml: ") && err.contains("not loopback"),
+        "{err}"
+    );
     let out = rig
         .run_once(
             true,
@@ -621,7 +633,11 @@ async fn configs_are_checked_and_name_the_file() -> anyhow::Result<()> {
         .await?;
     assert!(out.status.success(), "{out:?}");
     let out = rig
-        .run_once(false, "[services.x]\ndeliver = \"relative\"\n", &["--check"])
+        .run_once(
+            false,
+            "[services.x]\ndeliver = \"relative\"\n",
+            &["--check"],
+        )
         .await?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("absolute"));
@@ -650,7 +666,14 @@ async fn a_hostile_agent_does_not_disturb_another_guest() -> anyhow::Result<()> 
     let vm2 = s.rig.host.create("evil").await?;
     let mut hostile = s.rig.host.xenvt_in(&vm2);
     hostile
-        .args(["bench", "hostile-agent", "--mode", "all", "--service", "evil"])
+        .args([
+            "bench",
+            "hostile-agent",
+            "--mode",
+            "all",
+            "--service",
+            "evil",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut hostile = hostile.spawn()?;

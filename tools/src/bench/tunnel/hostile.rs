@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xenvt_ring::mux::frame::{Header, Hello, Op, HDR_LEN, MAX_PAYLOAD, VERSION};
-use xenvt_ring::xenstore::{XsClient, Xenstore};
+use xenvt_ring::xenstore::{Xenstore, XsClient};
 use xenvt_ring::{Channel, ChannelConfig, ChannelStream};
 
 /// How to misbehave.
@@ -72,7 +72,12 @@ fn noise(seed: &mut u64, buf: &mut [u8]) {
     }
 }
 
-async fn play(s: &mut ChannelStream, mode: Mode, service: &str, seed: &mut u64) -> std::io::Result<()> {
+async fn play(
+    s: &mut ChannelStream,
+    mode: Mode,
+    service: &str,
+    seed: &mut u64,
+) -> std::io::Result<()> {
     // The backend speaks first (or at once): take its HELLO out of the way.
     let mut hdr = [0u8; HDR_LEN + 12];
     s.read_exact(&mut hdr).await?;
@@ -93,7 +98,8 @@ async fn play(s: &mut ChannelStream, mode: Mode, service: &str, seed: &mut u64) 
                     1 => b"bad name\x01",
                     _ => service.as_bytes(),
                 };
-                s.write_all(&frame(Op::Request, 0, id, name, 1 << 16, 0)).await?;
+                s.write_all(&frame(Op::Request, 0, id, name, 1 << 16, 0))
+                    .await?;
                 id = id.wrapping_add(2);
             }
         }
@@ -104,7 +110,8 @@ async fn play(s: &mut ChannelStream, mode: Mode, service: &str, seed: &mut u64) 
             let data = vec![0x5a; 60 << 10];
             loop {
                 // Far more than any credit, and lies about the peer's counters.
-                s.write_all(&frame(Op::Rw, 0, 1, &data, u32::MAX, u32::MAX)).await?;
+                s.write_all(&frame(Op::Rw, 0, 1, &data, u32::MAX, u32::MAX))
+                    .await?;
                 s.write_all(&frame(Op::CreditUpdate, 0, 1, &[], u32::MAX, 12345))
                     .await?;
             }
@@ -150,7 +157,11 @@ pub async fn run(a: HostileArgs) -> anyhow::Result<()> {
         println!("round {round} {mode:?}");
         let mut s = ChannelStream::new(ch)?;
         // Ends when the backend closes the channel on us, as it should.
-        let r = tokio::time::timeout(Duration::from_secs(60), play(&mut s, mode, &a.service, &mut seed)).await;
+        let r = tokio::time::timeout(
+            Duration::from_secs(60),
+            play(&mut s, mode, &a.service, &mut seed),
+        )
+        .await;
         println!("round {round} ended: {r:?}");
     }
     Ok(())

@@ -50,7 +50,9 @@ impl Daemon {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().with_context(|| format!("start {label}"))?;
-        let pid = child.id().ok_or_else(|| anyhow!("{label} exited at once"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("{label} exited at once"))?;
         let err = child
             .stderr
             .take()
@@ -66,7 +68,9 @@ impl Daemon {
                 if echo {
                     eprintln!("[{label}] {l}");
                 }
-                log2.lock().unwrap_or_else(|p| p.into_inner()).push(l.clone());
+                log2.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(l.clone());
                 let _ = tx.send(l);
             }
         });
