@@ -351,3 +351,33 @@ async fn flood_without_draining_closes_the_channel() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abrupt_peer_death_mid_transfer() {
+    tokio::time::timeout(LIMIT, async {
+        let (host, g, mut inc, mut raw) = setup(MuxConfig::default()).await;
+        let (mut app, st) = raw_open(&mut raw, &mut inc, 1 << 20).await;
+        raw.frame(cred(Op::Rw, 2, 4, 1 << 20, 0), b"part").await;
+        let mut b = [0u8; 4];
+        app.read_exact(&mut b).await.unwrap();
+        // The guest keeps sending into a ring nobody reads any more.
+        let writer = tokio::spawn(async move {
+            let _ = app.write_all(&vec![9u8; 8 << 20]).await;
+            app
+        });
+        // The dom0 process dies: its mapping goes, the live byte clears, we get a kick.
+        drop(raw);
+        assert_eq!(g.closed().await, CloseReason::PeerClosed);
+        assert_eq!(st.done().await, StreamEnd::MuxClosed);
+        // The local writer is released (its socket was closed under it).
+        let mut app = writer.await.unwrap();
+        let mut rest = Vec::new();
+        let _ = app.read_to_end(&mut rest).await;
+        drop(g);
+        while host.open_ports(1) != 0 || host.granted_pages(1) != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+}

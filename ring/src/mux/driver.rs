@@ -13,10 +13,11 @@ use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use futures::task::AtomicWaker;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{Interest, Ready};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -84,6 +85,39 @@ impl LogLimit {
     }
 }
 
+const RD: u8 = 1;
+const WR: u8 = 2;
+
+/// Which streams' sockets became ready since the driver last looked, so a turn
+/// touches only those sockets and not every idle one.
+#[derive(Default)]
+struct Wakeups {
+    ready: Mutex<Vec<(u32, u8)>>,
+    driver: AtomicWaker,
+}
+
+/// The waker a stream's socket holds for one direction. tokio consumes a waker
+/// when it fires, so each registration adds at most one entry to the list.
+struct StreamWaker {
+    id: u32,
+    dir: u8,
+    wk: Arc<Wakeups>,
+}
+
+impl Wake for StreamWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wk
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((self.id, self.dir));
+        self.wk.driver.wake();
+    }
+}
+
 enum Phase {
     /// We sent REQUEST; waiting for RESPONSE or RST.
     Requesting {
@@ -99,6 +133,12 @@ enum Phase {
 
 struct Stream {
     phase: Phase,
+    rd_waker: Waker,
+    wr_waker: Waker,
+    /// The socket may have data to read (its readiness was not seen pending since).
+    rd_poll: bool,
+    /// The socket may take data.
+    wr_poll: bool,
     sock: Option<Socket>,
     done: Option<oneshot::Sender<StreamEnd>>,
     // Our sending direction (socket -> ring).
@@ -123,9 +163,26 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(phase: Phase, sock: Option<Socket>, done: Option<oneshot::Sender<StreamEnd>>) -> Self {
+    fn new(
+        id: u32,
+        wk: &Arc<Wakeups>,
+        phase: Phase,
+        sock: Option<Socket>,
+        done: Option<oneshot::Sender<StreamEnd>>,
+    ) -> Self {
+        let waker = |dir| {
+            Waker::from(Arc::new(StreamWaker {
+                id,
+                dir,
+                wk: wk.clone(),
+            }))
+        };
         Stream {
             phase,
+            rd_waker: waker(RD),
+            wr_waker: waker(WR),
+            rd_poll: true,
+            wr_poll: true,
             sock,
             done,
             tx_cnt: 0,
@@ -182,6 +239,7 @@ struct State {
     inc_tx: Option<mpsc::Sender<IncomingRequest>>,
     closed_tx: watch::Sender<Option<CloseReason>>,
     streams: BTreeMap<u32, Stream>,
+    wk: Arc<Wakeups>,
     ctrl: VecDeque<Ctrl>,
     next_id: u32,
     /// Round-robin cursor for the sending side.
@@ -202,11 +260,11 @@ fn readv(fd: RawFd, iov: &[libc::iovec; 2], cnt: usize) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-fn sendv(fd: RawFd, iov: &mut [libc::iovec; 2], cnt: usize) -> io::Result<usize> {
+fn sendv(fd: RawFd, iov: &mut [libc::iovec]) -> io::Result<usize> {
     // SAFETY: an all-zero msghdr is valid (no name, no control data).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = cnt as _;
+    msg.msg_iovlen = iov.len() as _;
     // SAFETY: the iovecs describe ring data valid during the read callback (or a
     // private buffer); the kernel only reads them. `msg` and `iov` outlive the call.
     let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
@@ -216,18 +274,15 @@ fn sendv(fd: RawFd, iov: &mut [libc::iovec; 2], cnt: usize) -> io::Result<usize>
     Ok(n as usize)
 }
 
+fn buf_iovec(b: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: b.as_ptr() as *mut libc::c_void,
+        iov_len: b.len(),
+    }
+}
+
 fn send_buf(fd: RawFd, b: &[u8]) -> io::Result<usize> {
-    let mut iov = [
-        libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        },
-        libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        },
-    ];
-    sendv(fd, &mut iov, 1)
+    sendv(fd, &mut [buf_iovec(b)])
 }
 
 fn chan_reason(e: Error) -> CloseReason {
@@ -368,7 +423,7 @@ impl State {
     }
 
     /// Parses and handles whole frames in the ring; returns the bytes consumed.
-    fn on_frames(&mut self, segs: Segs, cx: &mut Context<'_>, stop_after_hello: bool) -> usize {
+    fn on_frames(&mut self, segs: Segs, stop_after_hello: bool) -> usize {
         let mut off = 0;
         for _ in 0..FRAMES_PER_BATCH {
             let have = segs.len() - off;
@@ -397,7 +452,7 @@ impl State {
                 });
                 break;
             }
-            self.on_frame(&h, segs, off + HDR_LEN, cx);
+            self.on_frame(&h, segs, off + HDR_LEN);
             off += h.frame_len();
             if stop_after_hello && self.hello_done {
                 break;
@@ -406,7 +461,7 @@ impl State {
         off
     }
 
-    fn on_frame(&mut self, h: &Header, segs: Segs, poff: usize, cx: &mut Context<'_>) {
+    fn on_frame(&mut self, h: &Header, segs: Segs, poff: usize) {
         let id = h.stream;
         if !self.hello_done {
             if h.op != Op::Hello {
@@ -477,7 +532,7 @@ impl State {
                 Some(_) => self.violation(id, "SHUTDOWN before the stream was open"),
                 None => self.ignored(h),
             },
-            Op::Rw => self.on_rw(h, segs, poff, cx),
+            Op::Rw => self.on_rw(h, segs, poff),
             Op::CreditUpdate => {}
             Op::CreditRequest => match self.streams.get_mut(&id) {
                 Some(s) if s.connected() && !s.rx_eof && !s.credit_queued => {
@@ -539,13 +594,13 @@ impl State {
             req.cmd = None;
             return refuse(self, "nobody is accepting");
         }
-        let mut s = Stream::new(Phase::PendingAccept, None, None);
+        let mut s = Stream::new(id, &self.wk, Phase::PendingAccept, None, None);
         s.peer_buf_alloc = h.buf_alloc;
         self.streams.insert(id, s);
         self.sync_open();
     }
 
-    fn on_rw(&mut self, h: &Header, segs: Segs, poff: usize, cx: &mut Context<'_>) {
+    fn on_rw(&mut self, h: &Header, segs: Segs, poff: usize) {
         let id = h.stream;
         let stream_buf = self.cfg.stream_buf;
         let Some(s) = self.streams.get_mut(&id) else {
@@ -562,51 +617,80 @@ impl State {
         let len = h.len as usize;
         s.rx_cnt = s.rx_cnt.wrapping_add(h.len);
         bump(&self.counters.bytes_rx, len as u64);
+        // One sendmsg takes what is still buffered, then this payload straight
+        // from the ring.
+        let old = s.buffered();
         let mut sent = 0;
         let mut err = None;
-        if s.buffered() == 0 {
-            if let Some(sock) = &s.sock {
-                match sock.poll_write_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        let fd = sock.as_raw_fd();
-                        let (mut iov, cnt) = segs.iovecs(poff, len);
-                        match sock.try_io(Interest::WRITABLE, || sendv(fd, &mut iov, cnt)) {
-                            Ok(n) => sent = n.min(len),
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                // Registers for writability (readiness was just cleared).
-                                let _ = sock.poll_write_ready(cx);
+        if let Some(sock) = &s.sock {
+            let mut cx = Context::from_waker(&s.wr_waker);
+            match sock.poll_write_ready(&mut cx) {
+                Poll::Ready(Ok(())) => {
+                    let fd = sock.as_raw_fd();
+                    let (ring, cnt) = segs.iovecs(poff, len);
+                    let mut iov = [buf_iovec(&s.buf[s.head..]), ring[0], ring[1]];
+                    let iov = if old > 0 {
+                        &mut iov[..1 + cnt]
+                    } else {
+                        &mut iov[1..1 + cnt]
+                    };
+                    match sock.try_io(Interest::WRITABLE, || sendv(fd, iov)) {
+                        Ok(n) => sent = n.min(old + len),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            // Registers for writability (readiness was just cleared).
+                            if sock.poll_write_ready(&mut cx).is_pending() {
+                                s.wr_poll = false;
                             }
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => err = Some(e),
                         }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => err = Some(e),
                     }
-                    Poll::Ready(Err(e)) => err = Some(e),
-                    Poll::Pending => {}
                 }
+                Poll::Ready(Err(e)) => err = Some(e),
+                Poll::Pending => s.wr_poll = false,
             }
         }
         if let Some(e) = err {
             return self.local_error(id, "socket write", e);
         }
         s.fwd_cnt = s.fwd_cnt.wrapping_add(sent as u32);
-        if sent < len {
-            if s.buffered() == 0 {
-                s.buf.clear();
+        let from_buf = sent.min(old);
+        s.head += from_buf;
+        self.counters
+            .bytes_buffered
+            .fetch_sub(from_buf as u64, Ordering::Relaxed);
+        let from_ring = sent - from_buf;
+        if s.buffered() == 0 {
+            s.buf.clear();
+            s.head = 0;
+        }
+        if from_ring < len {
+            // Drop the delivered prefix now and then, so the buffer stays within
+            // about twice the credit (amortised: each byte moves at most once more).
+            if s.head > 0 && s.head >= s.buffered() {
+                s.buf.drain(..s.head);
                 s.head = 0;
             }
-            segs.append_to(poff + sent, len - sent, &mut s.buf);
-            bump(&self.counters.bytes_buffered, (len - sent) as u64);
+            segs.append_to(poff + from_ring, len - from_ring, &mut s.buf);
+            bump(&self.counters.bytes_buffered, (len - from_ring) as u64);
         }
         self.maybe_credit(id);
     }
 
     /// Writes buffered bytes and pending half-closes to the sockets.
-    fn flush(&mut self, cx: &mut Context<'_>) -> bool {
+    fn flush(&mut self) -> bool {
         let mut progress = false;
         let ids: Vec<u32> = self
             .streams
             .iter()
-            .filter(|(_, s)| s.connected() && (s.buffered() > 0 || (s.rx_eof && !s.wr_shut)))
+            .filter(|(_, s)| {
+                s.connected()
+                    && if s.buffered() > 0 {
+                        s.wr_poll
+                    } else {
+                        s.rx_eof && !s.wr_shut
+                    }
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -615,9 +699,13 @@ impl State {
             };
             let Some(sock) = &s.sock else { continue };
             let mut err = None;
+            let mut cx = Context::from_waker(&s.wr_waker);
             while s.buffered() > 0 {
-                match sock.poll_write_ready(cx) {
-                    Poll::Pending => break,
+                match sock.poll_write_ready(&mut cx) {
+                    Poll::Pending => {
+                        s.wr_poll = false;
+                        break;
+                    }
                     Poll::Ready(Err(e)) => {
                         err = Some(e);
                         break;
@@ -669,6 +757,17 @@ impl State {
         progress
     }
 
+    /// Marks the streams whose sockets signalled readiness.
+    fn take_wakeups(&mut self) {
+        let ready = std::mem::take(&mut *self.wk.ready.lock().unwrap_or_else(|p| p.into_inner()));
+        for (id, dir) in ready {
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.rd_poll |= dir == RD;
+                s.wr_poll |= dir == WR;
+            }
+        }
+    }
+
     fn on_cmd(&mut self, cmd: Cmd) -> bool {
         match cmd {
             Cmd::Open {
@@ -694,8 +793,8 @@ impl State {
                     reply,
                     done_rx,
                 };
-                self.streams
-                    .insert(id, Stream::new(phase, Some(sock), Some(done)));
+                let s = Stream::new(id, &self.wk, phase, Some(sock), Some(done));
+                self.streams.insert(id, s);
                 self.sync_open();
                 self.queue(Op::Request, 0, id, payload);
             }
@@ -763,6 +862,7 @@ impl Driver {
             inc_tx: Some(inc_tx),
             closed_tx,
             streams: BTreeMap::new(),
+            wk: Arc::default(),
             ctrl: VecDeque::new(),
             next_id: if side == Side::Guest { 1 } else { 2 },
             rr: 0,
@@ -863,6 +963,9 @@ impl Driver {
     fn turns(&mut self, cx: &mut Context<'_>, hello: bool) -> Result<Poll<()>, CloseReason> {
         for _ in 0..BUDGET {
             let mut progress = false;
+            // Register first, then drain: a socket waking us in between is not lost.
+            self.st.wk.driver.register(cx.waker());
+            self.st.take_wakeups();
             if !hello {
                 loop {
                     match self.cmd_rx.poll_recv(cx) {
@@ -879,7 +982,7 @@ impl Driver {
                 }
             }
             progress |= self.poll_event(cx)?;
-            progress |= self.receive(cx, hello)?;
+            progress |= self.receive(hello)?;
             if let Some(r) = self.st.fatal.take() {
                 return Err(r);
             }
@@ -889,8 +992,8 @@ impl Driver {
                     return Ok(Poll::Ready(()));
                 }
             }
-            progress |= self.st.flush(cx);
-            let (moved, need) = self.send(cx, hello)?;
+            progress |= self.st.flush();
+            let (moved, need) = self.send(hello)?;
             progress |= moved;
             if let Some(r) = self.st.fatal.take() {
                 return Err(r);
@@ -917,7 +1020,7 @@ impl Driver {
     }
 
     /// Handles whole frames from the ring. Whether any were consumed.
-    fn receive(&mut self, cx: &mut Context<'_>, hello: bool) -> Result<bool, CloseReason> {
+    fn receive(&mut self, hello: bool) -> Result<bool, CloseReason> {
         let mut any = false;
         for _ in 0..4 {
             let st = &mut self.st;
@@ -925,7 +1028,7 @@ impl Driver {
                 // SAFETY: these are the segments of this very callback, used only
                 // inside it.
                 let segs = unsafe { Segs::new(segs) };
-                Ok(st.on_frames(segs, cx, hello))
+                Ok(st.on_frames(segs, hello))
             });
             match r {
                 Ok(Some(0)) | Ok(None) => break,
@@ -957,6 +1060,12 @@ impl Driver {
                 let mut h = Header::new(c.op, c.flags, c.id, c.payload.len() as u32);
                 if c.op.carries_credit() {
                     match st.streams.get_mut(&c.id) {
+                        // No credit for a direction the peer has shut down.
+                        Some(s) if c.op == Op::CreditUpdate && s.rx_eof => {
+                            s.credit_queued = false;
+                            st.ctrl.pop_front();
+                            continue;
+                        }
                         Some(s) => {
                             h.buf_alloc = st.cfg.stream_buf;
                             h.fwd_cnt = s.fwd_cnt;
@@ -987,7 +1096,7 @@ impl Driver {
     }
 
     /// Control frames, then socket data straight into the ring.
-    fn send(&mut self, cx: &mut Context<'_>, hello: bool) -> Result<(bool, Need), CloseReason> {
+    fn send(&mut self, hello: bool) -> Result<(bool, Need), CloseReason> {
         let before = self.st.ctrl.len();
         if !self.send_ctrl()? {
             let need = self
@@ -1006,7 +1115,7 @@ impl Driver {
             let st = &self.st.streams;
             st.range(rr.saturating_add(1)..)
                 .chain(st.range(..=rr))
-                .filter(|(_, s)| s.connected() && !s.tx_eof && s.sock.is_some())
+                .filter(|(_, s)| s.rd_poll && s.connected() && !s.tx_eof && s.sock.is_some())
                 .map(|(id, _)| *id)
                 .collect()
         };
@@ -1019,7 +1128,7 @@ impl Driver {
             if free < HDR_LEN + 1 {
                 return Ok((progress, Need::Space(HDR_LEN as u32 + 1)));
             }
-            progress |= self.send_stream(id, cx)?;
+            progress |= self.send_stream(id)?;
             if !self.st.ctrl.is_empty() {
                 // An EOF queued a SHUTDOWN: it goes out before more data.
                 progress = true;
@@ -1030,7 +1139,7 @@ impl Driver {
     }
 
     /// One readv from a stream's socket into the ring, if it has data and credit.
-    fn send_stream(&mut self, id: u32, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
+    fn send_stream(&mut self, id: u32) -> Result<bool, CloseReason> {
         let max_frame = self.st.cfg.max_frame;
         let stream_buf = self.st.cfg.stream_buf;
         let Some(s) = self.st.streams.get_mut(&id) else {
@@ -1047,8 +1156,12 @@ impl Driver {
         let Some(sock) = &s.sock else {
             return Ok(false);
         };
-        match sock.poll_read_ready(cx) {
-            Poll::Pending => return Ok(false),
+        let mut cx = Context::from_waker(&s.rd_waker);
+        match sock.poll_read_ready(&mut cx) {
+            Poll::Pending => {
+                s.rd_poll = false;
+                return Ok(false);
+            }
             Poll::Ready(Err(e)) => {
                 self.st.local_error(id, "socket read", e);
                 return Ok(true);
@@ -1110,7 +1223,11 @@ impl Driver {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Readiness was cleared: register for the next edge now, or a
                 // sleep right after this would never hear of it.
-                return Ok(sock.poll_read_ready(cx).is_ready());
+                if sock.poll_read_ready(&mut cx).is_ready() {
+                    return Ok(true);
+                }
+                s.rd_poll = false;
+                return Ok(false);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
             Err(e) => {
@@ -1129,5 +1246,153 @@ impl Driver {
             Some(Error::PeerClosed) => Ok(false),
             Some(e) => Err(chan_reason(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(cfg: MuxConfig) -> State {
+        let (cmd_tx, _cmd_rx) = mpsc::unbounded_channel();
+        let (inc_tx, _inc_rx) = mpsc::channel(4);
+        let (closed_tx, _) = watch::channel(None);
+        State {
+            cfg,
+            side: Side::Guest,
+            counters: Arc::default(),
+            cmd_weak: cmd_tx.downgrade(),
+            inc_tx: Some(inc_tx),
+            closed_tx,
+            streams: BTreeMap::new(),
+            wk: Arc::default(),
+            ctrl: VecDeque::new(),
+            next_id: 1,
+            rr: 0,
+            log: LogLimit::new(),
+            hello_done: true,
+            fatal: None,
+        }
+    }
+
+    fn connected() -> Stream {
+        Stream::new(1, &Arc::default(), Phase::Connected, None, None)
+    }
+
+    #[test]
+    fn credit_wraps_and_never_underflows() {
+        let mut s = connected();
+        s.peer_buf_alloc = 1000;
+        s.peer_fwd = u32::MAX - 100;
+        s.tx_cnt = u32::MAX - 100;
+        assert_eq!(s.credit(), 1000);
+        s.tx_cnt = s.tx_cnt.wrapping_add(600);
+        assert_eq!(s.credit(), 400);
+        // The peer shrank its buffer below what is in flight.
+        s.peer_buf_alloc = 100;
+        assert_eq!(s.credit(), 0);
+    }
+
+    #[test]
+    fn credit_lies_are_caught() {
+        let mut st = state(MuxConfig::default());
+        let mut s = connected();
+        s.tx_cnt = 5000;
+        st.streams.insert(1, s);
+        let h = |fwd| Header {
+            buf_alloc: 4096,
+            fwd_cnt: fwd,
+            ..Header::new(Op::CreditUpdate, 0, 1, 0)
+        };
+        assert!(st.take_credit(1, &h(3000)));
+        assert!(st.take_credit(1, &h(5000)));
+        assert!(!st.take_credit(1, &h(5001)), "beyond what we sent");
+        assert!(!st.take_credit(1, &h(4000)), "backwards");
+        assert_eq!(st.streams[&1].credit(), 4096);
+        // Unknown streams carry no credit to check.
+        assert!(st.take_credit(7, &h(1 << 30)));
+    }
+
+    #[test]
+    fn credit_updates_are_batched() {
+        let cfg = MuxConfig {
+            stream_buf: 4096,
+            ..MuxConfig::default()
+        };
+        let mut st = state(cfg);
+        st.streams.insert(1, connected());
+        st.streams.get_mut(&1).unwrap().fwd_cnt = 1023;
+        st.maybe_credit(1);
+        assert!(st.ctrl.is_empty(), "below a quarter of the buffer");
+        st.streams.get_mut(&1).unwrap().fwd_cnt = 1024;
+        st.maybe_credit(1);
+        st.maybe_credit(1);
+        assert_eq!(st.ctrl.len(), 1, "one update queued, not two");
+        let s = st.streams.get_mut(&1).unwrap();
+        s.credit_queued = false;
+        s.rx_eof = true;
+        st.maybe_credit(1);
+        assert_eq!(st.ctrl.len(), 1, "none once the peer stopped sending");
+    }
+
+    #[test]
+    fn stream_closes_only_when_both_ways_are_done() {
+        let mut st = state(MuxConfig::default());
+        let (done, mut rx) = oneshot::channel();
+        st.streams.insert(
+            1,
+            Stream::new(1, &Arc::default(), Phase::Connected, None, Some(done)),
+        );
+        let steps: [fn(&mut Stream); 3] = [
+            |s| s.tx_eof = true,
+            |s| s.rx_eof = true,
+            |s| s.wr_shut = true,
+        ];
+        for step in steps {
+            st.maybe_close(1);
+            assert!(st.streams.contains_key(&1));
+            step(st.streams.get_mut(&1).unwrap());
+        }
+        st.streams.get_mut(&1).unwrap().buf = vec![1];
+        st.maybe_close(1);
+        assert!(st.streams.contains_key(&1), "undelivered bytes");
+        st.streams.get_mut(&1).unwrap().head = 1;
+        st.maybe_close(1);
+        assert!(!st.streams.contains_key(&1));
+        assert_eq!(rx.try_recv().unwrap(), StreamEnd::Closed);
+        assert!(st.ctrl.is_empty(), "a clean close sends no RST");
+    }
+
+    #[test]
+    fn ids_follow_parity_and_skip_used() {
+        let mut st = state(MuxConfig::default());
+        assert_eq!(st.alloc_id(), Some(1));
+        st.streams.insert(3, connected());
+        assert_eq!(st.alloc_id(), Some(5));
+        st.next_id = u32::MAX;
+        assert_eq!(st.alloc_id(), Some(u32::MAX));
+        assert_eq!(st.alloc_id(), Some(1), "wraps past 0 to the first odd id");
+        assert!(Side::Guest.owns(1) && !Side::Guest.owns(2));
+        assert!(Side::Dom0.owns(2) && !Side::Dom0.owns(3));
+    }
+
+    #[test]
+    fn control_flood_is_fatal_and_bounded() {
+        let mut st = state(MuxConfig {
+            max_streams: 1,
+            ..MuxConfig::default()
+        });
+        for i in 0..1000 {
+            st.queue(Op::Rst, 0, 2 * i + 2, Vec::new());
+        }
+        assert!(matches!(&st.fatal, Some(CloseReason::Protocol(m)) if m.contains("drain")));
+    }
+
+    #[test]
+    fn log_limit() {
+        let mut l = LogLimit::new();
+        let allowed = (0..100).filter(|_| l.allow()).count();
+        assert_eq!(allowed, LOG_BURST as usize);
+        assert_eq!(l.suppressed, 100 - u64::from(LOG_BURST));
     }
 }

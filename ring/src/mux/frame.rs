@@ -320,7 +320,58 @@ pub fn parse_all(mut buf: &[u8]) -> Result<Vec<(Header, &[u8])>, Violation> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Any 24 bytes either parse into a header that encodes back to exactly
+        /// those bytes, or are refused; nothing in between, never a panic.
+        #[test]
+        fn parse_is_exact(b in proptest::array::uniform24(any::<u8>())) {
+            if let Ok(h) = Header::parse(&b) {
+                prop_assert_eq!(h.encode(), b);
+                prop_assert!(h.frame_len() <= HDR_LEN + MAX_PAYLOAD as usize);
+            }
+        }
+
+        /// Near-valid headers (known op, zero reserved bytes) exercise every
+        /// per-op rule: what is accepted round-trips and obeys the op's limits.
+        #[test]
+        fn near_valid_headers(
+            op in 1u8..=8, flags in 0u8..4, stream in prop_oneof![Just(0u32), 1u32..5, any::<u32>()],
+            len in prop_oneof![0u32..80, Just(MAX_PAYLOAD), Just(MAX_PAYLOAD + 1)],
+            ba in any::<u32>(), fc in any::<u32>(),
+        ) {
+            let mut b = [0u8; HDR_LEN];
+            b[0] = op;
+            b[1] = flags;
+            b[4..8].copy_from_slice(&stream.to_le_bytes());
+            b[8..12].copy_from_slice(&len.to_le_bytes());
+            b[12..16].copy_from_slice(&ba.to_le_bytes());
+            b[16..20].copy_from_slice(&fc.to_le_bytes());
+            if let Ok(h) = Header::parse(&b) {
+                prop_assert_eq!(h.encode(), b);
+                prop_assert_eq!(h.stream == 0, h.op == Op::Hello);
+                prop_assert!(h.flags == 0 || h.op == Op::Shutdown);
+                match h.op {
+                    Op::Rw => prop_assert!(h.len >= 1 && h.len <= MAX_PAYLOAD),
+                    Op::Request => prop_assert!(h.len >= 1 && h.len <= MAX_SERVICE),
+                    Op::Hello => prop_assert!(h.len >= 8 && h.len <= HELLO_MAX),
+                    _ => prop_assert_eq!(h.len, 0),
+                }
+            }
+        }
+
+        /// Arbitrary byte streams never make the walker read out of bounds.
+        #[test]
+        fn parse_all_never_overruns(b in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(frames) = parse_all(&b) {
+                let total: usize = frames.iter().map(|(h, _)| h.frame_len()).sum();
+                prop_assert_eq!(total, b.len());
+            }
+        }
+    }
 
     fn enc(h: Header) -> [u8; HDR_LEN] {
         h.encode()

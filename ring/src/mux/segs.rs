@@ -151,7 +151,6 @@ mod tests {
         assert_eq!((cnt, iov[0].iov_len), (1, 6));
         let (_, cnt) = s.iovecs(12, 1);
         assert_eq!(cnt, 0);
-        drop(s);
         assert_eq!(&a[3..], b"ab");
         assert_eq!(&b[..4], b"cdef");
     }
