@@ -77,6 +77,12 @@ enum SimCmd {
 enum BenchCmd {
     /// The channel between two processes against memcpy and a unix socket pair.
     Ring(xenvt::bench::ring::RingArgs),
+    /// The transport end to end (TCP -> agent -> channel -> backend -> unix)
+    /// against loopback TCP and a relay chain.
+    Tunnel(xenvt::bench::tunnel::TunnelArgs),
+    /// A plain relay process (internal, for `bench tunnel`).
+    #[command(hide = true)]
+    Relay(xenvt::bench::tunnel::relay::RelayArgs),
     /// A process end of a benchmark (internal).
     #[command(hide = true)]
     Peer(xenvt::bench::peer::PeerArgs),
@@ -119,6 +125,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
             BenchCmd::Peer(a) => xenvt::bench::peer::run(a).await,
+            BenchCmd::Tunnel(a) => xenvt::bench::tunnel::run(a).await,
+            BenchCmd::Relay(a) => xenvt::bench::tunnel::relay::run(a).await,
             BenchCmd::HostileAgent(a) => xenvt::bench::tunnel::hostile::run(a).await,
         },
     }
