@@ -339,6 +339,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let c = Config::from_str_for(None, include_str!("../dist/backend.toml")).unwrap();
+        assert_eq!(c.run_dir, Path::new(DEFAULT_RUN_DIR));
+        assert!(c.services["vnc"].listen);
+        assert!(c.services["vnc"].deliver.is_some());
+    }
+
+    #[test]
     fn names() {
         assert!(valid_name("vm-1.a_b"));
         for bad in ["", ".", "..", ".hidden", "a/b", "a b", "é", &"x".repeat(65)] {

@@ -349,6 +349,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let c = Config::from_str_for(None, include_str!("../dist/agent.toml")).unwrap();
+        assert_eq!(c.listen[0].address, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.services["vnc"], "127.0.0.1:5900".parse().unwrap());
+        assert!(c.hook.is_some());
+    }
+
+    #[test]
     fn service_names() {
         assert!(valid_service("vnc"));
         assert!(valid_service("a-b_c.d"));

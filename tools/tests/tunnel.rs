@@ -716,3 +716,24 @@ async fn a_hostile_agent_does_not_disturb_another_guest() -> anyhow::Result<()> 
     hostile.wait().await?;
     s.finish().await
 }
+
+#[tokio::test]
+async fn the_hook_runs_whenever_a_backend_connects() -> anyhow::Result<()> {
+    let rig = Rig::new(exe()).await?;
+    let vm1 = rig.host.create("vm1").await?;
+    let agent_toml = "[[listen]]\naddress = \"127.0.0.1:0\"\nservice = \"vnc\"\n\
+                      [hook]\ncommand = [\"sh\", \"-c\", \"echo connected-$((40 + 2))\"]\n";
+    let (mut agent, _) = rig.agent(&vm1, agent_toml).await?;
+    let mut backend = rig.backend(&rig.backend_toml()).await?;
+    agent.wait_for("hook: connected-42").await?;
+    agent.wait_for("exited").await?;
+    backend.kill9().await?;
+    agent.wait_for("backend gone").await?;
+    let mut backend = rig.backend(&rig.backend_toml()).await?;
+    agent.wait_for("hook: connected-42").await?;
+    ensure!(agent.term().await?.success());
+    ensure!(backend.term().await?.success());
+    rig.host.wait_clean(10_000).await?;
+    rig.host.stop().await?;
+    Ok(())
+}
