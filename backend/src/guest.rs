@@ -342,3 +342,42 @@ async fn accept_loop(l: UnixListener, service: String, h: MuxHandle, limiter: Li
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xenvt_ring::xenstore::MemStore;
+
+    #[tokio::test]
+    async fn publications_are_read_whole_and_checked() {
+        let m = MemStore::new();
+        let xs = Xs::new(m.clone());
+        let base = "/local/domain/3/data/xenvt";
+        assert_eq!(read_publication(&xs, base).await.unwrap(), None);
+        m.write(&format!("{base}/ring-ref"), "8").await.unwrap();
+        m.write(&format!("{base}/event-channel"), "5")
+            .await
+            .unwrap();
+        // Not ready until the state node says so.
+        assert_eq!(read_publication(&xs, base).await.unwrap(), None);
+        m.write(&format!("{base}/state"), "ready").await.unwrap();
+        m.write(&format!("{base}/serial"), "42-1").await.unwrap();
+        assert_eq!(
+            read_publication(&xs, base).await.unwrap(),
+            Some(Publication {
+                ring_ref: 8,
+                port: 5,
+                serial: "42-1".into()
+            })
+        );
+        for bad in ["0", "-1", "x", "99999999999"] {
+            m.write(&format!("{base}/ring-ref"), bad).await.unwrap();
+            assert!(read_publication(&xs, base).await.is_err(), "{bad}");
+        }
+        m.write(&format!("{base}/ring-ref"), "8").await.unwrap();
+        m.write(&format!("{base}/serial"), &"s".repeat(65))
+            .await
+            .unwrap();
+        assert!(read_publication(&xs, base).await.is_err());
+    }
+}

@@ -345,3 +345,60 @@ impl<X: Xenstore + Clone> Backend<X> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xenvt_ring::xenstore::MemStore;
+
+    #[test]
+    fn domain_ids_from_paths() {
+        assert_eq!(domid_of("/local/domain/7/data/xenvt/state"), Some(7));
+        assert_eq!(domid_of("/local/domain/7"), Some(7));
+        assert_eq!(domid_of("/local/domain"), None);
+        assert_eq!(domid_of("/local/domain/x/y"), None);
+        assert_eq!(domid_of("/local/domain/70000"), None);
+        assert_eq!(domid_of("@releaseDomain"), None);
+    }
+
+    #[tokio::test]
+    async fn watch_events_are_coalesced_into_flags() {
+        let m = MemStore::new();
+        let w = m.watch("/local/domain").await.unwrap();
+        let dirty = Arc::new(Dirty::default());
+        let f = tokio::spawn(forward(
+            w,
+            "/local/domain",
+            dirty.clone(),
+            "data/xenvt".into(),
+        ));
+        // The registration event asks for a full scan.
+        dirty.notify.notified().await;
+        assert_eq!(dirty.take(), (BTreeSet::new(), true, None));
+        // A guest hammering its own nodes outside the agent's path is ignored;
+        // writes to the agent's path mark that domain, however many there are.
+        for i in 0..100 {
+            m.write("/local/domain/4/data/other", &i.to_string())
+                .await
+                .unwrap();
+            m.write("/local/domain/4/data/xenvt/state", "x")
+                .await
+                .unwrap();
+            m.write("/local/domain/4/data/xenvtx", "x").await.unwrap();
+        }
+        m.write("/local/domain/5/name", "vm5").await.unwrap();
+        m.write("/local/domain/6", "").await.unwrap();
+        loop {
+            dirty.notify.notified().await;
+            let g = dirty.lock();
+            if g.rescan && g.ids.contains(&5) {
+                break;
+            }
+        }
+        let (ids, rescan, ended) = dirty.take();
+        assert_eq!(ids, BTreeSet::from([4, 5]));
+        assert!(rescan, "a domain's home changed");
+        assert_eq!(ended, None);
+        f.abort();
+    }
+}

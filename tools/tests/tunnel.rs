@@ -488,6 +488,11 @@ async fn backend_killed_mid_transfer() -> anyhow::Result<()> {
     eprintln!("agent saw the backend die after {seen} ms");
     assert!(seen < 1000, "agent took {seen} ms to see the backend die");
     broken_promptly(sender, d).await?;
+    // The dead backend's mappings and ports went with it.
+    let stats = s.rig.host.stats().await?;
+    let dom0 = &stats["devices"]["domains"]["0"];
+    assert_eq!(dom0["pages_mapped"].as_u64(), Some(0), "{stats}");
+    assert_eq!(dom0["ports"].as_u64(), Some(0), "{stats}");
     // Restart: the backend re-attaches to the running agent and streams work.
     s.agent.wait_for("channel published").await?;
     let toml = backend_toml(&s.rig, "");
@@ -732,6 +737,37 @@ async fn the_hook_runs_whenever_a_backend_connects() -> anyhow::Result<()> {
     let mut backend = rig.backend(&rig.backend_toml()).await?;
     agent.wait_for("hook: connected-42").await?;
     ensure!(agent.term().await?.success());
+    ensure!(backend.term().await?.success());
+    rig.host.wait_clean(10_000).await?;
+    rig.host.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_the_configured_domains_are_served() -> anyhow::Result<()> {
+    let rig = Rig::new(exe()).await?;
+    let vm1 = rig.host.create("vm1").await?;
+    let vm2 = rig.host.create("vm2").await?;
+    let loopback = "[[listen]]\naddress = \"127.0.0.1:0\"\nservice = \"vnc\"\n";
+    let (mut a1, _) = rig.agent(&vm1, loopback).await?;
+    let (mut a2, _) = rig.agent(&vm2, loopback).await?;
+    let toml = format!(
+        "{}domains = [\"vm2\"]\n[services.vnc]\nlisten = true\n",
+        rig.backend_toml()
+    );
+    let mut backend = rig.backend(&toml).await?;
+    // Both domains were looked at in the same scan, before vm2's attachment.
+    backend.wait_for("listening for dom0").await?;
+    a2.wait_for("backend connected").await?;
+    let log = backend.log();
+    assert!(
+        !log.iter().any(|l| l.contains("name=\"vm1\"")),
+        "vm1 was served: {log:?}"
+    );
+    assert!(!rig.run_dir().join("vm1").exists());
+    assert!(rig.run_dir().join("vm2").join("vnc.sock").exists());
+    ensure!(a1.term().await?.success());
+    ensure!(a2.term().await?.success());
     ensure!(backend.term().await?.success());
     rig.host.wait_clean(10_000).await?;
     rig.host.stop().await?;
