@@ -81,6 +81,9 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How often the backend checks that xenstored still answers.
+pub const XS_PING: std::time::Duration = std::time::Duration::from_secs(30);
+
 struct Entry {
     kick: Arc<Notify>,
     stop: watch::Sender<bool>,
@@ -217,8 +220,22 @@ impl<X: Xenstore + Clone> Backend<X> {
         }
         info!(run_dir = %self.cfg.run_dir.display(), "watching for agents");
         tokio::pin!(shutdown);
+        // The xenstore client reports neither a closed connection nor the end of
+        // a watch when xenstored goes away; an occasional request (bounded by its
+        // deadline) turns that into an error and an exit instead of a backend
+        // that silently stops seeing guests.
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + XS_PING,
+            XS_PING,
+        );
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let r = loop {
             tokio::select! {
+                _ = ping.tick() => {
+                    if let Err(e) = self.xs.read("domid").await {
+                        break Err(e);
+                    }
+                }
                 () = dirty.notify.notified() => {
                     let (ids, rescan, ended) = dirty.take();
                     if let Some(p) = ended {
