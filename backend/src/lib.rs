@@ -224,10 +224,7 @@ impl<X: Xenstore + Clone> Backend<X> {
         // a watch when xenstored goes away; an occasional request (bounded by its
         // deadline) turns that into an error and an exit instead of a backend
         // that silently stops seeing guests.
-        let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + XS_PING,
-            XS_PING,
-        );
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + XS_PING, XS_PING);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let r = loop {
             tokio::select! {
