@@ -775,3 +775,45 @@ async fn only_the_configured_domains_are_served() -> anyhow::Result<()> {
     rig.host.stop().await?;
     Ok(())
 }
+
+/// The benchmark itself runs and prints its ratios (figures are not checked:
+/// this is a debug build on a shared machine).
+#[tokio::test]
+async fn the_tunnel_benchmark_runs() -> anyhow::Result<()> {
+    let out = tokio::time::timeout(
+        PROMPT * 4,
+        tokio::process::Command::new(exe())
+            .args([
+                "bench",
+                "tunnel",
+                "--quick",
+                "--bytes",
+                &(16u64 << 20).to_string(),
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "tunnel_vs_tcp",
+        "tunnel_vs_socket_relay",
+        "tunnel_rtt_vs_tcp",
+        "streams_64_vs_1",
+        "idle_cpu_agent_pct",
+        "idle_cpu_backend_pct",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("ratio {name} ")))
+            .with_context(|| format!("no ratio {name} in:\n{text}"))?;
+        let v: f64 = line.rsplit(' ').next().unwrap_or("").parse()?;
+        ensure!(v.is_finite() && v >= 0.0, "{line}");
+    }
+    Ok(())
+}
