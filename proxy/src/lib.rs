@@ -1,9 +1,20 @@
-//! The console-and-desktop VNC proxy.
+//! The console-and-desktop VNC proxy: an RFB server to viewers and an RFB client to
+//! upstream desktops, serving many domains from one process.
 //!
-//! The RFB protocol layer lives in [`rfb`]. The daemon is not implemented yet: the binary
-//! refuses to run rather than pretend to work.
+//! The RFB protocol layer lives in [`rfb`]. A [`domain::Domain`] holds ordered views
+//! ([`view`]) and the viewers watching the current one ([`viewer`]); the desktop view is
+//! fed by an upstream connection ([`upstream`]); [`daemon`] ties them to listeners.
 
+pub mod config;
+pub mod console;
+pub mod daemon;
+pub mod domain;
+pub mod error;
+pub mod font;
+pub mod region;
 pub mod rfb;
+pub mod upstream;
+pub mod view;
+pub mod viewer;
 
-/// Why the binary cannot run yet.
-pub const NOT_YET: &str = "xenvt-proxy is not implemented yet";
+pub use error::{Error, Result};

@@ -1,4 +1,70 @@
-fn main() -> std::process::ExitCode {
-    eprintln!("{}", xenvt_proxy::NOT_YET);
-    std::process::ExitCode::FAILURE
+//! `xenvt-proxy`: the command line around [`xenvt_proxy::daemon::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// The console-and-desktop VNC proxy of xenvt.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// The configuration file (TOML).
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("XENVT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let cfg = match xenvt_proxy::config::Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("xenvt-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check {
+        println!("xenvt-proxy: configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xenvt-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(xenvt_proxy::daemon::run(cfg, shutdown())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xenvt-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -93,6 +93,11 @@ async fn full_frame(
 #[tokio::test]
 async fn decode_real_xvnc() {
     if !which("Xvnc") {
+        if std::env::var_os("XENVT_REQUIRE_PEERS").is_some() {
+            panic!(
+                "Xvnc not installed (tigervnc-standalone-server), and XENVT_REQUIRE_PEERS is set"
+            );
+        }
         eprintln!("SKIPPED: Xvnc not installed (tigervnc-standalone-server)");
         return;
     }

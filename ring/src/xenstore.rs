@@ -10,6 +10,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -44,10 +45,17 @@ fn xs_err(op: &'static str, path: &str, source: io::Error) -> Error {
 }
 
 /// A xenstore client over the xenstored socket (`XENSTORED_PATH`) or `/dev/xen/xenbus`.
+///
+/// Every request has a deadline: `xenstore-rs` 0.8 never completes a request sent
+/// after xenstored has closed the connection, and a daemon must not hang on that.
 #[derive(Clone, Debug)]
 pub struct XsClient {
     inner: xenstore_rs::tokio::XsTokio,
+    deadline: Duration,
 }
+
+/// How long a single xenstore request may take before it counts as failed.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
 impl XsClient {
     /// Connects the way libxenstore does: the socket first, then the device.
@@ -55,13 +63,40 @@ impl XsClient {
         let inner = xenstore_rs::tokio::XsTokio::new()
             .await
             .map_err(|e| xs_err("connect", "", e))?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            deadline: DEFAULT_DEADLINE,
+        })
+    }
+
+    /// The same client with another per-request deadline.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        path: &str,
+        f: impl Future<Output = io::Result<T>>,
+    ) -> Result<io::Result<T>> {
+        tokio::time::timeout(self.deadline, f).await.map_err(|_| {
+            xs_err(
+                op,
+                path,
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer from xenstored in {:?}", self.deadline),
+                ),
+            )
+        })
     }
 }
 
 impl Xenstore for XsClient {
     async fn read(&self, path: &str) -> Result<Option<String>> {
-        match self.inner.read(path).await {
+        match self.timed("read", path, self.inner.read(path)).await? {
             Ok(v) => Ok(Some(v.into())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(xs_err("read", path, e)),
@@ -69,14 +104,13 @@ impl Xenstore for XsClient {
     }
 
     async fn write(&self, path: &str, value: &str) -> Result<()> {
-        self.inner
-            .write(path, value)
-            .await
+        self.timed("write", path, self.inner.write(path, value))
+            .await?
             .map_err(|e| xs_err("write", path, e))
     }
 
     async fn rm(&self, path: &str) -> Result<()> {
-        match self.inner.rm(path).await {
+        match self.timed("rm", path, self.inner.rm(path)).await? {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(xs_err("rm", path, e)),
@@ -84,7 +118,10 @@ impl Xenstore for XsClient {
     }
 
     async fn directory(&self, path: &str) -> Result<Vec<String>> {
-        match self.inner.directory(path).await {
+        match self
+            .timed("directory", path, self.inner.directory(path))
+            .await?
+        {
             Ok(v) => Ok(v.into_iter().map(String::from).collect()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(xs_err("directory", path, e)),
@@ -93,9 +130,8 @@ impl Xenstore for XsClient {
 
     async fn watch(&self, path: &str) -> Result<WatchStream> {
         let w = self
-            .inner
-            .watch(path)
-            .await
+            .timed("watch", path, self.inner.watch(path))
+            .await?
             .map_err(|e| xs_err("watch", path, e))?;
         Ok(Box::pin(w.map(String::from)))
     }

@@ -4,12 +4,18 @@
 #   tier 2: loom model checks of the ring and notify protocol
 #   tier 3: a short fuzz run of each cargo-fuzz target (hostile peer)
 #   tier 4: the simulated host, multi-process: a channel smoke run and a quick ring benchmark
+#   tier 5: real Xen: Xen 4.17 with a dom0 and PV domUs under QEMU (TCG), the lab's scenarios
+#           (docs/testing.md); XENVT_LAB_SCENARIOS overrides the list
 # Functions below run inside `if`, where `set -e` is off: each step says `|| return 1`.
 # Set XENVT_FUZZ_SECONDS to change the fuzz time per target (default 20 for the ring's
 # hostile-peer target, 10 for each of the proxy's decoders and parsers).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash tools/scripts/setup.sh
+
+# Every real peer (Xvnc, vncdotool, xenstore-utils...) was installed above: a test that cannot
+# find one must fail, not skip.
+export XENVT_REQUIRE_PEERS=1
 
 passed=0
 failed=0
@@ -58,6 +64,13 @@ sim() {
   ./target/release/xenvt bench ring --quick
 }
 tier "simulated host" sim
+
+realxen() {
+  bash tools/lab/lab.sh setup || return 1
+  # shellcheck disable=SC2086 # the list is words on purpose
+  bash tools/lab/lab.sh run ${XENVT_LAB_SCENARIOS:-boot chan vchan-ref}
+}
+tier "real Xen" realxen
 
 echo "tiers: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use xenvt_ring::ChannelStream;
@@ -51,6 +52,13 @@ enum Mode {
         /// Ring order of both directions (10..=20).
         #[arg(long, default_value_t = 16)]
         order: u8,
+        /// Ring order of the client-to-server ring, overriding `--order`. Two rings
+        /// inside the control page need different orders (10 and 11), as in vchan.
+        #[arg(long)]
+        left_order: Option<u8>,
+        /// Ring order of the server-to-client ring, overriding `--order`.
+        #[arg(long)]
+        right_order: Option<u8>,
     },
     /// Map the channel that domain `--peer` published at xenstore `--path`. Prints
     /// `connected` once mapped.
@@ -71,6 +79,8 @@ pub struct ChanReport {
     pub received: u64,
     /// sha256 of what was received.
     pub received_sha256: String,
+    /// sha256 of what was sent, so the other end's view can be cross-checked.
+    pub sent_sha256: String,
     /// Seconds from connection to the end of both directions.
     pub secs: f64,
 }
@@ -78,8 +88,18 @@ pub struct ChanReport {
 /// Runs one end.
 pub async fn run(a: ChanArgs) -> anyhow::Result<()> {
     let s = match &a.mode {
-        Mode::Serve { path, peer, order } => {
-            let s = serve(path, *peer, *order).await?;
+        Mode::Serve {
+            path,
+            peer,
+            order,
+            left_order,
+            right_order,
+        } => {
+            let cfg = xenvt_ring::ChannelConfig {
+                left_order: left_order.unwrap_or(*order),
+                right_order: right_order.unwrap_or(*order),
+            };
+            let s = serve_with(path, *peer, cfg).await?;
             println!("ready");
             s
         }
@@ -103,16 +123,18 @@ async fn transfer<S: AsyncRead + AsyncWrite + Send + 'static>(
     let (send, seed, chunk) = (a.send, a.send_seed, a.chunk.max(1));
     let sender = async move {
         let mut src = Source::new(seed);
+        let mut hash = Sha256::new();
         let mut buf = vec![0u8; chunk];
         let mut left = send;
         while left > 0 {
             let n = left.min(chunk as u64) as usize;
             src.fill(&mut buf[..n]);
+            hash.update(&buf[..n]);
             wr.write_all(&buf[..n]).await.context("send")?;
             left -= n as u64;
         }
         wr.flush().await?;
-        anyhow::Ok(wr)
+        anyhow::Ok((wr, crate::pattern::hex(&hash.finalize())))
     };
     let (want, rseed) = (a.recv, a.recv_seed);
     let receiver = async move {
@@ -135,7 +157,7 @@ async fn transfer<S: AsyncRead + AsyncWrite + Send + 'static>(
         }
         anyhow::Ok(chk)
     };
-    let (wr, chk) = tokio::try_join!(sender, receiver)?;
+    let ((wr, sent_sha256), chk) = tokio::try_join!(sender, receiver)?;
     drop(wr);
     let received = chk.count();
     ensure!(
@@ -146,18 +168,29 @@ async fn transfer<S: AsyncRead + AsyncWrite + Send + 'static>(
         sent: a.send,
         received,
         received_sha256: chk.sha256(),
+        sent_sha256,
         secs: start.elapsed().as_secs_f64(),
     })
 }
 
-/// Grants a channel to `peer` and publishes it at `path`; returns the stream.
+/// Grants a channel with both rings of `order` to `peer` and publishes it at
+/// `path`; returns the stream.
 pub async fn serve(path: &str, peer: u16, order: u8) -> anyhow::Result<ChannelStream> {
-    let platform = xenvt_ring::platform::from_env()?;
-    let xs = xenvt_ring::xenstore::XsClient::connect().await?;
     let cfg = xenvt_ring::ChannelConfig {
         left_order: order,
         right_order: order,
     };
+    serve_with(path, peer, cfg).await
+}
+
+/// Grants a channel shaped by `cfg` to `peer` and publishes it at `path`.
+pub async fn serve_with(
+    path: &str,
+    peer: u16,
+    cfg: xenvt_ring::ChannelConfig,
+) -> anyhow::Result<ChannelStream> {
+    let platform = xenvt_ring::platform::from_env()?;
+    let xs = xenvt_ring::xenstore::XsClient::connect().await?;
     let ch = xenvt_ring::Channel::serve_xs(&*platform, &xs, peer, path, cfg)
         .await
         .with_context(|| format!("serve a channel at {path}"))?;

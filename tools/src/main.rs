@@ -46,6 +46,12 @@ enum SimCmd {
         /// Pages each domain may grant at once (Linux gntalloc's default is 1024).
         #[arg(long, default_value_t = 1024)]
         grant_limit: usize,
+        /// The program each guest runs on its console, published as `console/tty`.
+        #[arg(long, default_value = "/bin/sh -i", conflicts_with = "no_console")]
+        console: String,
+        /// Give guests no console.
+        #[arg(long)]
+        no_console: bool,
     },
     /// Creates a domain and prints its id.
     Create { name: String },
@@ -83,6 +89,8 @@ enum BenchCmd {
     /// A plain relay process (internal, for `bench tunnel`).
     #[command(hide = true)]
     Relay(xenvt::bench::tunnel::relay::RelayArgs),
+    /// A viewer straight on Xvnc against the same viewer through xenvt-proxy.
+    Proxy(xenvt::bench::proxy::ProxyArgs),
     /// A process end of a benchmark (internal).
     #[command(hide = true)]
     Peer(xenvt::bench::peer::PeerArgs),
@@ -124,6 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Smoke(a) => xenvt::smoke::run(a).await,
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
+            BenchCmd::Proxy(a) => xenvt::bench::proxy::run(a).await,
             BenchCmd::Peer(a) => xenvt::bench::peer::run(a).await,
             BenchCmd::Tunnel(a) => xenvt::bench::tunnel::run(a).await,
             BenchCmd::Relay(a) => xenvt::bench::tunnel::relay::run(a).await,
@@ -139,10 +148,23 @@ async fn sim(dir: PathBuf, cmd: SimCmd) -> anyhow::Result<()> {
         async move { Client::connect(&dir).await?.call(&req).await }
     };
     match cmd {
-        SimCmd::Run { grant_limit } => {
+        SimCmd::Run {
+            grant_limit,
+            console,
+            no_console,
+        } => {
+            let console = (!no_console)
+                .then(|| {
+                    console
+                        .split_whitespace()
+                        .map(Into::into)
+                        .collect::<Vec<_>>()
+                })
+                .filter(|c| !c.is_empty());
             let cfg = xenvt::sim::host::HostConfig {
                 dir: dir.clone(),
                 grant_limit_pages: grant_limit,
+                console,
             };
             xenvt::sim::host::run(cfg, |d| println!("ready {}", d.display())).await?;
         }

@@ -258,3 +258,67 @@ async fn peer_death_mid_transfer_is_seen_promptly() {
     host.wait_clean(10_000).await.unwrap();
     host.stop().await.unwrap();
 }
+
+/// Each guest has a console like a Xen guest's: a pty whose path is published in
+/// `console/tty`, with the guest's shell behind it; the shell is a member of the
+/// domain and dies with it.
+#[tokio::test]
+async fn guest_console_is_published_and_runs_a_shell_in_the_domain() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let host = SimHost::start(exe(), &[]).await.unwrap();
+    let dom = host.create("withconsole").await.unwrap();
+    let dom0 = host.dom0().await.unwrap();
+    let path = format!("/local/domain/{}/console/tty", dom.id);
+    let out = Command::new("xenstore-read")
+        .arg(&path)
+        .envs(xenvt::harness::env_for(&dom0))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let tty = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(Some(Path::new(&tty)), dom.console.as_deref());
+    // The guest may read its own console node.
+    let out = Command::new("xenstore-read")
+        .arg("console/tty")
+        .envs(xenvt::harness::env_for(&dom))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), tty);
+
+    let mut pty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&tty)
+        .unwrap();
+    // The shell runs inside the domain: it sees the domain's xenstore.
+    pty.write_all(b"xenstore-read name; echo $((6*7))\r")
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut reader = pty.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            if text.contains("withconsole\r\n") && text.contains("42\r\n") {
+                let _ = tx.send(text);
+                return;
+            }
+        }
+    });
+    let text = tokio::task::spawn_blocking(move || rx.recv_timeout(PROMPT))
+        .await
+        .unwrap()
+        .expect("the console shell did not answer");
+    assert!(text.contains("42"), "{text}");
+    host.stop().await.unwrap();
+}

@@ -166,10 +166,28 @@ fn too_large(what: &'static str, len: u64, limit: u64) -> Stop {
 struct Px {
     pf: PixelFormat,
     bpp: usize,
+    /// The wire value is already `0x00RRGGBB` in its low bytes (32 bits, 8 bits a
+    /// channel at shifts 16/8/0): no per-channel scaling is needed.
+    direct: bool,
 }
 
 impl Px {
+    fn new(pf: PixelFormat) -> Px {
+        let direct = pf.true_colour
+            && pf.bits_per_pixel == 32
+            && (pf.red_max, pf.green_max, pf.blue_max) == (255, 255, 255)
+            && (pf.red_shift, pf.green_shift, pf.blue_shift) == (16, 8, 0);
+        Px {
+            pf,
+            bpp: pf.bytes_per_pixel(),
+            direct,
+        }
+    }
+
     fn read(&self, b: &[u8]) -> u32 {
+        if self.direct {
+            return self.pf.read_value(b) & 0x00ff_ffff;
+        }
         self.pf.unpack(self.pf.read_value(b))
     }
 
@@ -207,10 +225,7 @@ impl ClientDecoder {
     pub fn new(pf: PixelFormat, width: u16, height: u16, limits: DecoderLimits) -> Result<Self> {
         Self::check_pf(&pf)?;
         Ok(ClientDecoder {
-            px: Px {
-                pf,
-                bpp: pf.bytes_per_pixel(),
-            },
+            px: Px::new(pf),
             fb: Framebuffer::new(width, height)?,
             limits,
             remaining: None,
@@ -233,10 +248,7 @@ impl ClientDecoder {
     /// Call after sending SetPixelFormat; later rectangles are read in `pf`.
     pub fn set_pixel_format(&mut self, pf: PixelFormat) -> Result<()> {
         Self::check_pf(&pf)?;
-        self.px = Px {
-            pf,
-            bpp: pf.bytes_per_pixel(),
-        };
+        self.px = Px::new(pf);
         Ok(())
     }
 

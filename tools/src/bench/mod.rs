@@ -5,6 +5,7 @@
 //! ratios are goals.
 
 pub mod peer;
+pub mod proxy;
 pub mod ring;
 pub mod tunnel;
 

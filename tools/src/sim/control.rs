@@ -79,6 +79,9 @@ pub struct DomainInfo {
     pub xenstored: PathBuf,
     /// Its device socket (`XENVT_SIM_DEV` for its processes).
     pub devices: PathBuf,
+    /// Its console pty, also published in xenstore as `console/tty`.
+    #[serde(default)]
+    pub console: Option<PathBuf>,
 }
 
 /// A reply from the host.

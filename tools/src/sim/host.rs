@@ -28,11 +28,15 @@ pub struct HostConfig {
     pub dir: PathBuf,
     /// Pages each domain may grant at once (Linux gntalloc's `limit`).
     pub grant_limit_pages: usize,
+    /// The program each guest runs on its console (a shell, say); none: no console.
+    pub console: Option<Vec<std::ffi::OsString>>,
 }
 
 struct Domain {
     info: DomainInfo,
     tasks: Vec<JoinHandle<()>>,
+    /// Dropped with the domain, which kills its console program.
+    _console: Option<super::console::DomainConsole>,
 }
 
 struct State {
@@ -64,6 +68,7 @@ impl Host {
             name: name.to_owned(),
             xenstored: ddir.join("xenstored.sock"),
             devices: ddir.join("devices.sock"),
+            console: None,
         };
         let xs_listener = UnixListener::bind(&info.xenstored)?;
         let dev_listener = super::devices::bind(&info.devices)?;
@@ -86,6 +91,7 @@ impl Host {
             Domain {
                 info: info.clone(),
                 tasks,
+                _console: None,
             },
         );
         Ok(info)
@@ -115,10 +121,30 @@ impl Host {
             st.next_id = id + 1;
             id
         };
-        let info = self.add_domain(id, name)?;
+        let mut info = self.add_domain(id, name)?;
         self.xs
             .introduce_domain(u32::from(id), name)
             .map_err(|e| SimError::Refused(format!("introduce {name}: {e}")))?;
+        if let Some(cmd) = &self.cfg.console {
+            let console = super::console::DomainConsole::start(
+                cmd.clone(),
+                crate::harness::env_for(&info),
+                name,
+            )?;
+            // What xenconsoled does once the guest's console is up.
+            self.xs
+                .dom0_write(
+                    &format!("/local/domain/{id}/console/tty"),
+                    &console.tty().to_string_lossy(),
+                    Some(u32::from(id)),
+                )
+                .map_err(|e| SimError::Refused(format!("publish the console of {name}: {e}")))?;
+            info.console = Some(console.tty().to_owned());
+            if let Some(d) = self.lock().domains.get_mut(&id) {
+                d.info.console = info.console.clone();
+                d._console = Some(console);
+            }
+        }
         info!(domid = id, name, "domain created");
         Ok(info)
     }

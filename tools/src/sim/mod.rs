@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 
+pub mod console;
 pub mod control;
 pub mod devices;
 pub mod host;

@@ -178,6 +178,19 @@ impl Xenstored {
         Ok(())
     }
 
+    /// A write by a dom0 tool: `path` (absolute) is created or updated as domain
+    /// 0, readable by `reader` as well; watches fire as for a client's write.
+    pub fn dom0_write(
+        &self,
+        path: &str,
+        value: &str,
+        reader: Option<u32>,
+    ) -> Result<(), XenstoredError> {
+        self.lock()
+            .dom0_write(path, value.as_bytes(), reader)
+            .map_err(|e| XenstoredError::Store(e.as_str()))
+    }
+
     /// Pids of the processes connected as `domid` (from SO_PEERCRED).
     pub fn pids(&self, domid: u32) -> Vec<i32> {
         let s = self.lock();

@@ -824,6 +824,42 @@ impl State {
         Ok(())
     }
 
+    /// A write by a dom0 tool (xenconsoled publishing `console/tty`, say): the
+    /// node is created or updated as domain 0, owned by domain 0 and readable by
+    /// `reader`, and watches fire as for any write.
+    pub fn dom0_write(
+        &mut self,
+        path: &str,
+        value: &[u8],
+        reader: Option<u32>,
+    ) -> Result<(), Errno> {
+        let perms = match reader {
+            Some(d) => Perms::owned(0, 0).with(d, READ),
+            None => Perms::owned(0, 0),
+        };
+        let dom0 = Caller {
+            domid: 0,
+            privileged: true,
+        };
+        let mut v = View::new(&mut self.tree, None, dom0, usize::MAX);
+        if v.get(path)?.is_none() {
+            create_node(&mut v, &self.cfg, path, value)?;
+        }
+        let mut n = v.get(path)?.ok_or(Errno::Io)?;
+        let old = n.perms.owner();
+        n.value = value.to_vec();
+        n.perms = perms.clone();
+        v.put(path, n, Some(old))?;
+        v.events.push(Event {
+            path: path.to_owned(),
+            exact: false,
+            perms: vec![perms],
+        });
+        let events = std::mem::take(&mut v.events);
+        self.fire(&events);
+        Ok(())
+    }
+
     /// The domain is gone: the toolstack removes its home, xenstored drops
     /// its connections and the nodes it still owns, stops honouring grants
     /// naming it, and fires `@releaseDomain`.

@@ -1,0 +1,258 @@
+# shellcheck shell=sh disable=SC3028,SC3043,SC3045 # busybox ash has $RANDOM, local and read -t
+# Helpers for the lab's init and scenarios (busybox sh, in dom0 and the domUs).
+#
+# Lines the host harness reads start with "XENVT-LAB " (PASS/FAIL/SKIP NAME, DONE);
+# lines starting with "[lab]" are shown live on the host; everything else is
+# kept in the serial log. A domU's console is printed after its scenario with
+# a "[domU NAME] " prefix.
+
+LAB_RUN=/run/lab
+
+lab_log() { echo "[lab] $*"; }
+
+# lab_now: seconds since boot, with hundredths.
+lab_now() { cut -d' ' -f1 /proc/uptime; }
+
+# lab_since T0: seconds elapsed since lab_now printed T0.
+lab_since() { awk -v a="$1" -v b="$(lab_now)" 'BEGIN { printf "%.2f", b - a }'; }
+
+# lab_rate BYTES SECONDS: MB/s (10^6 bytes).
+lab_rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s <= 0) s = 0.01; printf "%.2f", n / s / 1e6 }'; }
+
+# lab_pct BYTES_A SECONDS_A BYTES_B SECONDS_B: rate A as a percentage of rate B.
+lab_pct() {
+    awk -v a="$1" -v sa="$2" -v b="$3" -v sb="$4" \
+        'BEGIN { if (sa <= 0) sa = 0.01; if (sb <= 0) sb = 0.01; printf "%.1f", 100 * (a / sa) / (b / sb) }'
+}
+
+# lab_skip REASON: ends the scenario as skipped (exit status 77).
+lab_skip() {
+    echo "$*" >"$LAB_RUN/skip-reason"
+    lab_log "skip: $*"
+    exit 77
+}
+
+# lab_fail REASON: ends the scenario as failed.
+lab_fail() {
+    echo "$*" >"$LAB_RUN/fail-reason"
+    lab_log "FAIL: $*"
+    exit 1
+}
+
+# lab_check_devices: the Xen devices every scenario needs exist.
+lab_check_devices() {
+    for d in evtchn gntalloc gntdev privcmd xenbus; do
+        [ -c /dev/xen/$d ] || lab_fail "/dev/xen/$d is missing"
+    done
+}
+
+# lab_json_field JSON NAME: the value of a string or number field of a flat JSON object.
+lab_json_field() {
+    printf '%s\n' "$1" | sed -n "s/.*\"$2\" *: *\"\{0,1\}\([^\",}]*\)\"\{0,1\}.*/\1/p" | head -n 1
+}
+
+# lab_wait_until WATCH TIMEOUT COMMAND...: runs COMMAND each time the xenstore
+# node WATCH (or a special watch such as @releaseDomain) fires, until COMMAND
+# succeeds; fails after TIMEOUT seconds.
+lab_wait_until() {
+    local _w=$1 _to=$2 _fifo _wpid _end _rc _left
+    shift 2
+    _fifo=$LAB_RUN/watch.$$.$RANDOM$RANDOM
+    mkfifo "$_fifo"
+    xenstore-watch "$_w" >"$_fifo" 2>/dev/null &
+    _wpid=$!
+    exec 8<"$_fifo"
+    _end=$(($(date +%s) + _to))
+    _rc=1
+    while :; do
+        # A watch fires once when it is set, so the first read below returns at
+        # once, and every later change wakes us: no change can be missed.
+        if "$@"; then
+            _rc=0
+            break
+        fi
+        _left=$((_end - $(date +%s)))
+        [ "$_left" -gt 0 ] || break
+        read -t "$_left" -r _ <&8 || {
+            # Timed out, or the watcher died: one last look.
+            if "$@"; then _rc=0; fi
+            break
+        }
+    done
+    kill "$_wpid" 2>/dev/null
+    wait "$_wpid" 2>/dev/null
+    exec 8<&-
+    rm -f "$_fifo"
+    return "$_rc"
+}
+
+# _lab_node_is PATH [VALUE]: PATH exists (and holds VALUE); keeps it in $_v.
+_lab_node_is() {
+    _v=$(xenstore-read "$1" 2>/dev/null) && { [ -z "${2-}" ] || [ "$_v" = "$2" ]; }
+}
+
+# lab_wait_node PATH TIMEOUT [VALUE]: waits until PATH exists (and reads VALUE
+# if given); prints the value. Fails after TIMEOUT seconds.
+lab_wait_node() {
+    lab_wait_until "$1" "$2" _lab_node_is "$1" "${3-}" || return 1
+    printf '%s\n' "$_v"
+}
+
+# ---------------------------------------------------------------- dom0 side
+
+# lab_domu_create NAME [SCENARIO [MEMORY_MB]]: creates a PV domU, paused, that
+# runs SCENARIO's domu.sh (or a shell on its console if none); prints its domid.
+# Write what the guest needs under its data/ node, then lab_domu_start NAME.
+lab_domu_create() {
+    _name=$1 _scen=${2-} _mem=${3:-256}
+    _kernel=/lab/domu/vmlinux
+    [ -f "$_kernel" ] || _kernel=/lab/domu/vmlinuz.gz
+    cat >"$LAB_RUN/$_name.cfg" <<EOF
+name = "$_name"
+type = "pv"
+kernel = "$_kernel"
+ramdisk = "$LAB_RUN/domu.cpio"
+extra = "console=hvc0 loglevel=5 lab.scenario=$_scen"
+memory = $_mem
+vcpus = 1
+on_poweroff = "destroy"
+on_crash = "preserve"
+EOF
+    xl create -p "$LAB_RUN/$_name.cfg" >"$LAB_RUN/$_name.create.log" 2>&1 || {
+        cat "$LAB_RUN/$_name.create.log"
+        lab_fail "xl create $_name failed"
+    }
+    xl domid "$_name"
+}
+
+# lab_domu_start NAME: unpauses a domU made by lab_domu_create.
+lab_domu_start() { xl unpause "$1" || lab_fail "xl unpause $1 failed"; }
+
+# lab_domu_wait DOMID TIMEOUT: waits until the domU's domu.sh has finished and
+# returns its exit status.
+lab_domu_wait() {
+    _st=$(lab_wait_node "/local/domain/$1/data/lab/status" "$2") || {
+        lab_log "domain $1 reported no status within $2 s"
+        return 124
+    }
+    return "$_st"
+}
+
+# _lab_no_domus: only dom0 is left.
+_lab_no_domus() { [ "$(xl list 2>/dev/null | awk 'NR > 2' | wc -l)" = 0 ]; }
+
+# lab_domu_logs: destroys every domU, prints their console logs, and fails if
+# a domain outlives its destruction (a leaked mapping keeps a dying domain).
+lab_domu_logs() {
+    local _id _gone _f _n
+    for _id in $(xl list | awk 'NR > 2 { print $2 }'); do
+        xl destroy "$_id" >"$LAB_RUN/destroy.log" 2>&1 || {
+            cat "$LAB_RUN/destroy.log"
+            lab_log "xl destroy $_id failed"
+        }
+    done
+    _gone=0
+    lab_wait_until @releaseDomain 10 _lab_no_domus || _gone=1
+    for _f in /var/log/xen/console/guest-*.log; do
+        [ -f "$_f" ] || continue
+        _n=$(basename "$_f" .log)
+        _n=${_n#guest-}
+        tr -d '\r' <"$_f" | sed "s/^/[domU $_n] /"
+        mv "$_f" "$LAB_RUN/printed-$_n.$RANDOM$RANDOM.log"
+    done
+    if [ "$_gone" != 0 ]; then
+        xl list
+        return 1
+    fi
+}
+
+# lab_run_scenario NAME TIMEOUT: runs one scenario's dom0.sh and prints its verdict.
+lab_run_scenario() {
+    local _s=$1 _to=$2 _dir=/lab/scenarios/$1 _t0 _spid _rc _secs
+    rm -f "$LAB_RUN/skip-reason" "$LAB_RUN/fail-reason"
+    if [ ! -f "$_dir/dom0.sh" ]; then
+        echo "XENVT-LAB FAIL $_s: no such scenario"
+        return
+    fi
+    lab_log "scenario $_s: start (timeout $_to s)"
+    _t0=$(lab_now)
+    # A session of its own, so whatever the scenario leaves running can be killed.
+    setsid timeout -s KILL "$_to" sh -c ". /lab/lib.sh; LAB_SCENARIO=$_s; cd $_dir; . ./dom0.sh" &
+    _spid=$!
+    wait "$_spid"
+    _rc=$?
+    kill -KILL -- "-$_spid" 2>/dev/null
+    _secs=$(lab_since "$_t0")
+    lab_domu_logs || {
+        [ "$_rc" != 0 ] && [ "$_rc" != 77 ] || _rc=1
+        echo "destroyed domains are still there (a leaked mapping or grant?)" >>"$LAB_RUN/fail-reason"
+    }
+    case "$_rc" in
+    0) echo "XENVT-LAB PASS $_s" ;;
+    77) echo "XENVT-LAB SKIP $_s: $(cat "$LAB_RUN/skip-reason" 2>/dev/null)" ;;
+    137) echo "XENVT-LAB FAIL $_s: timed out after $_to s" ;;
+    *) echo "XENVT-LAB FAIL $_s: exit $_rc $(cat "$LAB_RUN/fail-reason" 2>/dev/null)" ;;
+    esac
+    lab_log "scenario $_s: $_secs s"
+}
+
+# lab_dom0_up: starts xenstored, the dom0 nodes and xenconsoled.
+lab_dom0_up() {
+    # libxl needs /run/xen for its lock files, or 'xl destroy' leaves the domain behind.
+    mkdir -p "$LAB_RUN" /run/xen /run/xenstored /var/lib/xenstored /var/log/xen/console /var/lib/xen
+    xenstored --pid-file /run/xenstored.pid || lab_log "xenstored failed"
+    _i=0
+    until xenstore-exists / 2>/dev/null; do
+        _i=$((_i + 1))
+        [ "$_i" -lt 300 ] || { lab_log "xenstored did not come up"; return 1; }
+        usleep 100000
+    done
+    xen-init-dom0 >/dev/null || lab_log "xen-init-dom0 failed"
+    xenconsoled --log=guest --log-dir=/var/log/xen/console --pid-file=/run/xenconsoled.pid ||
+        lab_log "xenconsoled failed"
+    cat /lab/domu/base.cpio /lab/domu/overlay.cpio >"$LAB_RUN/domu.cpio"
+}
+
+lab_dom0_main() {
+    hostname dom0
+    . /lab/run.conf
+    lab_dom0_up || { echo "XENVT-LAB FAIL setup: dom0 did not come up"; echo "XENVT-LAB DONE"; poweroff -f; }
+    lab_log "dom0 up at $(lab_now) s since its kernel started"
+    if [ "$LAB_MODE" = shell ]; then
+        echo "lab: this is dom0. 'lab-run SCENARIO' runs a scenario; 'poweroff -f' stops the lab."
+        # Respawned, so a helper's exit (lab_fail) does not end the lab.
+        while :; do
+            setsid cttyhack sh -l
+            echo "lab: the shell ended; 'poweroff -f' stops the lab"
+        done
+    fi
+    for _s in $LAB_SCENARIOS; do
+        eval "_to=\${LAB_TIMEOUT_$(echo "$_s" | tr -c 'A-Za-z0-9\n' _):-180}"
+        lab_run_scenario "$_s" "$_to"
+    done
+    echo "[xen] ---- xl list"
+    xl list | sed 's/^/[xen] /'
+    echo "[xen] ---- xl dmesg"
+    xl dmesg | tr -d '\r' | sed 's/^/[xen] /'
+    lab_log "done at $(lab_now) s"
+    echo "XENVT-LAB DONE"
+    poweroff -f
+}
+
+# ---------------------------------------------------------------- domU side
+
+lab_domu_main() {
+    hostname domU
+    _s=$(sed -n 's/.*lab\.scenario=\([^ ]*\).*/\1/p' /proc/cmdline)
+    if [ -z "$_s" ]; then
+        echo "lab: domU $(xenstore-read domid 2>/dev/null) shell"
+        while :; do setsid cttyhack sh -l; done
+    fi
+    lab_log "domU scenario $_s: start at $(lab_now) s"
+    (cd "/lab/scenarios/$_s" && . ./domu.sh)
+    _rc=$?
+    lab_log "domU scenario $_s: exit $_rc"
+    xenstore-write data/lab/status "$_rc"
+    # dom0 reads the status, then destroys this domain.
+    exec sleep 2147483647
+}

@@ -1,0 +1,381 @@
+#!/usr/bin/env bash
+# The real-Xen lab: Debian's Xen 4.17 with a PV dom0 and PV domUs under QEMU (TCG).
+# See docs/testing.md. Usage: lab.sh help
+set -euo pipefail
+
+LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$LAB_DIR/../.." && pwd)
+CACHE=${XENVT_LAB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xenvt-lab}
+IMAGES=$CACHE/images
+
+die() {
+    echo "lab: $*" >&2
+    exit 1
+}
+note() { echo "lab: $*" >&2; }
+
+# shellcheck source=images.sh
+. "$LAB_DIR/images.sh"
+
+usage() {
+    cat <<'EOF'
+usage: lab.sh COMMAND [ARGS]
+
+  setup                 get the packages and build the cached images (idempotent)
+  run [OPTIONS] SCENARIO...|all
+                        boot Xen once, run the scenarios in order, power off;
+                        exits 0 only if every scenario printed XENVT-LAB PASS
+      --allow-skip      a scenario that skips (e.g. a command not built yet) is not a failure
+      --no-build        do not run cargo build; use target/release/xenvt if present
+      --out DIR         where to keep the logs (default: a new dir under the cache)
+      --set LAB_NAME=VALUE
+                        a setting for the scenarios (see each scenario's dom0.sh)
+      -v, --verbose     show the whole serial console, not only the lab lines
+  shell [--no-build] [--set LAB_NAME=VALUE]...
+                        boot dom0 with a shell on the serial console (stdio)
+  list                  list the scenarios
+  clean                 remove the cache
+
+environment:
+  XENVT_LAB_CACHE       cache dir (default ~/.cache/xenvt-lab)
+  XENVT_LAB_XENVT       a prebuilt xenvt binary to put in the images (skips cargo build)
+  XENVT_LAB_SMP         QEMU CPUs (default 2)
+  XENVT_LAB_XEN_ARGS    extra Xen command line
+  XENVT_LAB_DOM0_ARGS   extra dom0 kernel command line (no commas)
+  XENVT_LAB_TIMEOUT     seconds before QEMU is killed (default: 120 + the scenarios' timeouts)
+  XENVT_LAB_KERNEL_PKG  the Debian kernel package (default: what linux-image-amd64 depends on)
+  XENVT_LAB_DOMU_GZ     1: give domUs a gzip -1 kernel (smaller dom0 image, slower xl create)
+EOF
+}
+
+# ---------------------------------------------------------------- setup
+
+need_host_tools() {
+    local missing=() t
+    for t in qemu-system-x86_64 cpio xz gzip dpkg-deb apt-get ldd; do
+        command -v "$t" >/dev/null || missing+=("$t")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local pkgs=(qemu-system-x86 cpio xz-utils)
+    if [ "$(id -u)" = 0 ]; then
+        note "installing host tools: ${pkgs[*]} (missing: ${missing[*]})"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}" >/dev/null ||
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}" >/dev/null; } ||
+            die "apt-get install ${pkgs[*]} failed"
+    else
+        die "missing host tools: ${missing[*]}; run: sudo apt-get install ${pkgs[*]}"
+    fi
+}
+
+# download_debs DIR: fetches the packages that are not already in DIR.
+download_debs() {
+    local dir=$1 uris want=() f
+    mkdir -p "$dir"
+    # shellcheck disable=SC2046
+    uris=$(apt-get download --print-uris $(lab_packages) 2>/dev/null) || {
+        [ "$(id -u)" = 0 ] || die "apt-get download failed; run apt-get update"
+        note "apt-get update"
+        apt-get update -qq >/dev/null
+        # shellcheck disable=SC2046
+        uris=$(apt-get download --print-uris $(lab_packages))
+    }
+    # Lines: 'URI' FILE SIZE HASH
+    local names=()
+    while read -r _ f _; do
+        names+=("$f")
+        [ -f "$dir/$f" ] || want+=("$f")
+    done <<<"$uris"
+    [ ${#names[@]} -gt 0 ] || die "apt-get printed no packages"
+    if [ ${#want[@]} -gt 0 ]; then
+        note "downloading ${#want[@]} packages"
+        # apt-get names the files itself; the package name is the file name's first field.
+        # (As root apt warns that its sandbox user cannot write here; that is harmless.)
+        local pkgs
+        mapfile -t pkgs < <(printf '%s\n' "${want[@]}" | cut -d_ -f1)
+        (cd "$dir" && apt-get download -q "${pkgs[@]}" 2>&1 >/dev/null |
+            grep -v "unsandboxed as root" >&2) || true
+        for f in "${want[@]}"; do [ -f "$dir/$f" ] || die "apt-get download did not fetch $f"; done
+    fi
+    # Drop versions that are no longer wanted.
+    for f in "$dir"/*.deb; do
+        printf '%s\n' "${names[@]}" | grep -qxF "$(basename "$f")" || rm -f "$f"
+    done
+    printf '%s\n' "${names[@]}" | LC_ALL=C sort
+}
+
+cmd_setup() {
+    mkdir -p "$CACHE"
+    # One setup at a time per cache; a second run waits for the first one's images.
+    exec 9>"$CACHE/.lock"
+    flock 9
+    need_host_tools
+    local names key
+    names=$(download_debs "$CACHE/debs")
+    key=$({ echo "$names" "${XENVT_LAB_DOMU_GZ:-0}"; cat "$LAB_DIR/images.sh"; } | sha256sum | cut -d' ' -f1)
+    if [ -f "$IMAGES/key" ] && [ "$(cat "$IMAGES/key")" = "$key" ]; then
+        flock -u 9
+        return 0
+    fi
+    note "building the images in $IMAGES"
+    local t0=$SECONDS
+    build_images "$CACHE/debs" "$IMAGES"
+    echo "$key" >"$IMAGES/key"
+    note "images built in $((SECONDS - t0)) s ($(du -sh "$CACHE" | cut -f1) in the cache)"
+    flock -u 9
+}
+
+# ---------------------------------------------------------------- run
+
+# xenvt_binary: prints the path of the project binary to ship, or nothing.
+xenvt_binary() {
+    local build=$1
+    if [ -n "${XENVT_LAB_XENVT:-}" ]; then
+        [ -x "$XENVT_LAB_XENVT" ] || die "XENVT_LAB_XENVT=$XENVT_LAB_XENVT is not executable"
+        echo "$XENVT_LAB_XENVT"
+        return
+    fi
+    local bin="${CARGO_TARGET_DIR:-$REPO/target}/release/xenvt"
+    if [ "$build" = 1 ]; then
+        note "cargo build --release -p xenvt"
+        if ! (cd "$REPO" && cargo build --release -p xenvt >&2); then
+            note "WARNING: the build failed; the images carry no xenvt and scenarios that need it skip"
+            return
+        fi
+    fi
+    [ -x "$bin" ] && echo "$bin"
+    return 0
+}
+
+# stage_overlay DIR XENVT: the per-run files of an image (XENVT may be empty).
+stage_overlay() {
+    local img=$1 xenvt=$2
+    mkdir -p "$img/lab" "$img/usr/bin"
+    cp "$LAB_DIR/guest/init" "$img/init"
+    cp "$LAB_DIR/guest/lib.sh" "$img/lab/lib.sh"
+    cp "$LAB_DIR/guest/lab-run" "$img/usr/bin/lab-run"
+    chmod 0755 "$img/init" "$img/usr/bin/lab-run"
+    cp -r "$LAB_DIR/scenarios" "$img/lab/scenarios"
+    if [ -n "$xenvt" ]; then
+        # Debug info is most of a release binary's size, and every byte is unpacked under TCG.
+        objcopy --strip-debug "$xenvt" "$img/usr/bin/xenvt" 2>/dev/null || cp "$xenvt" "$img/usr/bin/xenvt"
+        chmod 0755 "$img/usr/bin/xenvt"
+        install_libs "$img" / "$img/usr/bin/xenvt"
+    fi
+}
+
+# scenario_timeout NAME: seconds the scenario may take (file 'timeout' in its dir).
+scenario_timeout() {
+    local f="$LAB_DIR/scenarios/$1/timeout"
+    if [ -f "$f" ]; then tr -dc 0-9 <"$f"; else echo 180; fi
+}
+
+# qemu_args RUNDIR: sets QEMU_ARGS, all but the serial port.
+qemu_args() {
+    local run=$1
+    QEMU_ARGS=(-accel "tcg,thread=multi" -cpu qemu64 -m 2048 -smp "${XENVT_LAB_SMP:-2}"
+        -display none -monitor none -no-reboot -nodefaults
+        -kernel "$IMAGES/xen"
+        -append "console=com1 com1=115200,8n1 dom0_mem=768M,max:768M dom0_max_vcpus=1 loglvl=all guest_loglvl=all noreboot ${XENVT_LAB_XEN_ARGS:-}"
+        -initrd "$IMAGES/vmlinux console=hvc0 earlyprintk=xen loglevel=5 ${XENVT_LAB_DOM0_ARGS:-},$run/dom0.cpio")
+}
+
+# Settings passed to the scenarios (--set NAME=VALUE).
+LAB_SETS=()
+
+# add_set NAME=VALUE: checks and records a --set.
+add_set() {
+    [[ "$1" =~ ^LAB_[A-Z0-9_]+=[^\']*$ ]] || die "--set takes LAB_NAME=VALUE (no quotes in VALUE): $1"
+    LAB_SETS+=("$1")
+}
+
+# prepare RUNDIR MODE BUILD SCENARIOS...: writes the dom0 initramfs for this run.
+prepare() {
+    local run=$1 mode=$2 build=$3
+    shift 3
+    local xenvt
+    xenvt=$(xenvt_binary "$build")
+    rm -rf "$run/ov-domu" "$run/ov-dom0"
+    stage_overlay "$run/ov-domu" "$xenvt"
+    make_cpio "$run/ov-domu" "$run/domu-overlay.cpio"
+    stage_overlay "$run/ov-dom0" "$xenvt"
+    mkdir -p "$run/ov-dom0/lab/domu"
+    cp "$run/domu-overlay.cpio" "$run/ov-dom0/lab/domu/overlay.cpio"
+    {
+        echo "LAB_MODE=$mode"
+        echo "LAB_SCENARIOS='$*'"
+        local s
+        for s in "$@"; do echo "LAB_TIMEOUT_$(echo "$s" | tr -c 'A-Za-z0-9\n' _)=$(scenario_timeout "$s")"; done
+        for s in "${LAB_SETS[@]}"; do echo "export ${s%%=*}='${s#*=}'"; done
+    } >"$run/ov-dom0/lab/run.conf"
+    make_cpio "$run/ov-dom0" "$run/dom0-overlay.cpio"
+    cat "$IMAGES/dom0-base.cpio" "$run/dom0-overlay.cpio" >"$run/dom0.cpio"
+    rm -rf "$run/ov-domu" "$run/ov-dom0" "$run/domu-overlay.cpio" "$run/dom0-overlay.cpio"
+}
+
+# now_ms: wall-clock milliseconds.
+now_ms() {
+    local t=${EPOCHREALTIME/[.,]/}
+    echo $((t / 1000))
+}
+
+# ms_to_s MS: seconds with one decimal.
+ms_to_s() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }
+
+# stamp_lines T0_MS: prefixes each line with the seconds since T0_MS.
+stamp_lines() {
+    local line
+    while IFS= read -r line; do
+        printf '%7ss %s\n' "$(ms_to_s $(($(now_ms) - $1)))" "${line%$'\r'}"
+    done
+}
+
+# prune_runs: keeps the logs of the last 10 runs in the cache.
+prune_runs() {
+    mkdir -p "$CACHE/runs"
+    local old
+    old=$(find "$CACHE/runs" -mindepth 1 -maxdepth 1 -type d -printf '%T@ %p\n' | sort -rn | tail -n +10 | cut -d' ' -f2-)
+    [ -z "$old" ] || xargs -d '\n' rm -rf <<<"$old"
+}
+
+cmd_run() {
+    local build=1 verbose=0 allow_skip=0 out=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+        --no-build) build=0 ;;
+        --allow-skip) allow_skip=1 ;;
+        -v | --verbose) verbose=1 ;;
+        --out) out=$2; shift ;;
+        --set) add_set "$2"; shift ;;
+        --) shift; break ;;
+        -*) die "unknown option $1" ;;
+        *) break ;;
+        esac
+        shift
+    done
+    [ $# -gt 0 ] || die "name at least one scenario (lab.sh list)"
+    if [ "$*" = all ]; then
+        local all
+        mapfile -t all < <(cd "$LAB_DIR/scenarios" && ls)
+        set -- "${all[@]}"
+    fi
+    local s total=120
+    for s in "$@"; do
+        [ -f "$LAB_DIR/scenarios/$s/dom0.sh" ] || die "no scenario '$s' (lab.sh list)"
+        total=$((total + $(scenario_timeout "$s")))
+    done
+    cmd_setup
+    if [ -z "$out" ]; then
+        prune_runs
+        out=$(mktemp -d "$CACHE/runs/$(date +%Y%m%d-%H%M%S).XXXX")
+    fi
+    mkdir -p "$out"
+    # The run's initramfs is big: never leave it behind, even on Ctrl-C.
+    # shellcheck disable=SC2064
+    trap "rm -f '$out/dom0.cpio'" EXIT
+    prepare "$out" run "$build" "$@"
+    qemu_args "$out"
+    local log=$out/serial.log
+    : >"$log"
+    note "booting Xen (scenarios: $*; log: $log)"
+    local t0 t1 rc=0
+    t0=$(now_ms)
+    timeout -k 5 "${XENVT_LAB_TIMEOUT:-$total}" qemu-system-x86_64 "${QEMU_ARGS[@]}" \
+        -chardev "file,id=ser0,path=$log" -serial chardev:ser0 </dev/null &
+    local qpid=$!
+    # A panicked dom0 or hypervisor never powers off: stop QEMU at once.
+    # (grep reads a process substitution so that it need not wait for tail to end.)
+    (grep -m 1 -E 'Kernel panic - not syncing|Panic on CPU [0-9]+' \
+        < <(tail --pid="$qpid" -n +1 -F "$log" 2>/dev/null) >"$out/panic" &&
+        kill "$qpid" 2>/dev/null) &
+    local watch=$!
+    # Live view, each line stamped with the seconds since QEMU started.
+    local pattern='^(XENVT-LAB|\[lab\])'
+    [ "$verbose" = 1 ] && pattern=''
+    tail --pid="$qpid" -n +1 -F "$log" 2>/dev/null |
+        grep --line-buffered -E "$pattern" | stamp_lines "$t0" || true
+    wait "$qpid" || rc=$?
+    kill "$watch" 2>/dev/null || true
+    wait "$watch" 2>/dev/null || true
+    [ -s "$out/panic" ] && note "stopped QEMU after a panic: $(tr -d '\r' <"$out/panic")"
+    t1=$(now_ms)
+    rm -f "$out/dom0.cpio"
+    [ "$rc" = 124 ] && note "QEMU timed out"
+    report "$out" "$allow_skip" "$(ms_to_s $((t1 - t0)))" "$@"
+}
+
+# report OUT ALLOW_SKIP SECONDS SCENARIO...: judges the serial log.
+report() {
+    local out=$1 allow_skip=$2 secs=$3
+    shift 3
+    local log=$out/serial.log clean=$out/serial.txt
+    tr -d '\r' <"$log" >"$clean"
+    # One file per guest console, for reading.
+    sed -n 's/^\[domU \([A-Za-z0-9_.-]*\)\] \{0,1\}/\1 /p' "$clean" |
+        awk -v dir="$out" '{n=$1; sub(/^[^ ]* /, ""); print > (dir "/guest-" n ".log")}'
+    # Each requested scenario counts once: passed, skipped, or failed (which
+    # includes never reported, e.g. after a panic or a timeout).
+    local s ok=1 pass=0 fail=0 skip=0
+    for s in "$@"; do
+        if grep -qxF "XENVT-LAB PASS $s" "$clean"; then
+            pass=$((pass + 1))
+        elif grep -q "^XENVT-LAB SKIP $s\(:\|$\)" "$clean"; then
+            skip=$((skip + 1))
+            [ "$allow_skip" = 1 ] || { ok=0; note "scenario $s skipped (--allow-skip accepts that)"; }
+        else
+            fail=$((fail + 1))
+            ok=0
+            note "scenario $s did not pass"
+        fi
+    done
+    if grep -q '^XENVT-LAB FAIL' "$clean"; then ok=0; fi
+    grep -q '^XENVT-LAB DONE' "$clean" || { ok=0; note "the run did not finish (no XENVT-LAB DONE)"; }
+    note "boot to power-off: ${secs} s"
+    echo "lab: $pass passed, $fail failed, $skip skipped"
+    if [ "$ok" = 1 ]; then
+        return 0
+    fi
+    note "FAILED; logs kept in $out (serial.txt, guest-*.log)"
+    return 1
+}
+
+cmd_shell() {
+    local build=1
+    while [ $# -gt 0 ]; do
+        case "$1" in
+        --no-build) build=0 ;;
+        --set) add_set "$2"; shift ;;
+        *) die "unknown option $1" ;;
+        esac
+        shift
+    done
+    cmd_setup
+    local run
+    prune_runs
+    run=$(mktemp -d "$CACHE/runs/shell.XXXX")
+    # shellcheck disable=SC2064
+    trap "rm -f '$run/dom0.cpio'" EXIT
+    prepare "$run" shell "$build"
+    qemu_args "$run"
+    note "dom0 shell on this terminal; 'lab-run SCENARIO' runs one, 'poweroff -f' leaves"
+    qemu-system-x86_64 "${QEMU_ARGS[@]}" \
+        -chardev "stdio,id=ser0,signal=off,logfile=$run/serial.log" -serial chardev:ser0 || true
+    rm -f "$run/dom0.cpio"
+}
+
+cmd_list() {
+    local d
+    for d in "$LAB_DIR"/scenarios/*/; do
+        d=${d%/}
+        printf '%-12s %s\n' "$(basename "$d")" "$(sed -n 's/^# *//p;q' "$d/dom0.sh")"
+    done
+}
+
+case "${1:-help}" in
+setup) shift; cmd_setup "$@"; note "ready: $IMAGES" ;;
+run) shift; cmd_run "$@" ;;
+shell) shift; cmd_shell "$@" ;;
+list) cmd_list ;;
+clean) rm -rf "$CACHE" ;;
+help | -h | --help) usage ;;
+*) usage >&2; exit 2 ;;
+esac
