@@ -244,12 +244,12 @@ async fn guest_to_dom0(
     seed: u64,
     n: u64,
 ) -> anyhow::Result<Origin> {
-    let c = TcpStream::connect(addr).await?;
+    let c = TcpStream::connect(addr).await.context("connect")?;
     let sender = tokio::spawn(send_pattern(c, seed, n));
     let (origin, mut s) = svc.next().await?;
-    let (count, _sha) = recv_pattern(&mut s, seed).await?;
+    let (count, _sha) = recv_pattern(&mut s, seed).await.context("receive")?;
     ensure!(count == n, "received {count} of {n}");
-    sender.await??;
+    sender.await?.context("send")?;
     Ok(origin)
 }
 
@@ -408,18 +408,20 @@ async fn half_close_both_ways() -> anyhow::Result<()> {
 async fn refused_services_are_closed_and_others_unaffected() -> anyhow::Result<()> {
     let mut s = Setup::new().await?;
     // guest -> dom0: a service the backend does not know...
-    let mut c = TcpStream::connect(s.addrs[2]).await?;
-    closed_soon(&mut c).await?;
+    refused_tcp(s.addrs[2]).await.context("nope")?;
     // ...and one it knows whose socket nobody listens on.
-    let mut c = TcpStream::connect(s.addrs[3]).await?;
-    closed_soon(&mut c).await?;
+    refused_tcp(s.addrs[3]).await.context("dead")?;
     // dom0 -> guest: a service the agent does not allow.
-    let mut u = UnixStream::connect(s.guest_socket("ssh")).await?;
+    let mut u = UnixStream::connect(s.guest_socket("ssh"))
+        .await
+        .context("connect ssh")?;
     closed_soon(&mut u).await?;
     // No socket for services that are not configured to listen.
     assert!(!s.guest_socket("vnc").exists());
     // The channel is fine.
-    guest_to_dom0(s.addrs[0], &mut s.svc, 3, 1 << 20).await?;
+    guest_to_dom0(s.addrs[0], &mut s.svc, 3, 1 << 20)
+        .await
+        .context("a good stream after the refusals")?;
     let refusals = s
         .backend
         .log()
@@ -428,6 +430,16 @@ async fn refused_services_are_closed_and_others_unaffected() -> anyhow::Result<(
         .count();
     assert!(refusals >= 1, "{:?}", s.backend.log());
     s.finish().await
+}
+
+/// A connection to `addr` is closed at once. The agent resets it as soon as
+/// the backend refuses, which may be before our connect even completes.
+async fn refused_tcp(addr: SocketAddr) -> anyhow::Result<()> {
+    match TcpStream::connect(addr).await {
+        Ok(mut c) => closed_soon(&mut c).await,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Starts an endless guest->dom0 transfer and waits until bytes flow.
@@ -472,6 +484,21 @@ async fn fds_settle(d: &Daemon, want: usize) -> anyhow::Result<()> {
     }
 }
 
+/// Waits until dom0 maps no page and holds no port (the mux reports its end a
+/// moment before its driver drops the channel).
+async fn dom0_holds_nothing(rig: &Rig) -> anyhow::Result<()> {
+    let deadline = Instant::now() + PROMPT;
+    loop {
+        let stats = rig.host.stats().await?;
+        let dom0 = &stats["devices"]["domains"]["0"];
+        if dom0["pages_mapped"].as_u64() == Some(0) && dom0["ports"].as_u64() == Some(0) {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "dom0 still holds: {stats}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 fn ms_between(a: Instant) -> u128 {
     a.elapsed().as_millis()
 }
@@ -491,10 +518,7 @@ async fn backend_killed_mid_transfer() -> anyhow::Result<()> {
     assert!(seen < 5000, "agent took {seen} ms to see the backend die");
     broken_promptly(sender, d).await?;
     // The dead backend's mappings and ports went with it.
-    let stats = s.rig.host.stats().await?;
-    let dom0 = &stats["devices"]["domains"]["0"];
-    assert_eq!(dom0["pages_mapped"].as_u64(), Some(0), "{stats}");
-    assert_eq!(dom0["ports"].as_u64(), Some(0), "{stats}");
+    dom0_holds_nothing(&s.rig).await?;
     // Restart: the backend re-attaches to the running agent and streams work.
     s.agent.wait_for("channel published").await?;
     let toml = backend_toml(&s.rig, "");
@@ -525,9 +549,7 @@ async fn agent_killed_mid_transfer() -> anyhow::Result<()> {
     closed_soon(&mut { d }).await?;
     // The guest's sockets are gone with it, and dom0 maps nothing.
     assert!(!s.rig.run_dir().join("vm1").exists());
-    let stats = s.rig.host.stats().await?;
-    let mapped = stats["devices"]["domains"]["0"]["pages_mapped"].as_u64();
-    assert_eq!(mapped, Some(0), "{stats}");
+    dom0_holds_nothing(&s.rig).await?;
     // A new agent is picked up and works.
     let toml = agent_toml(s.sink.local_addr()?);
     let (agent, addrs) = s.rig.agent(&s.vm1, &toml).await?;
