@@ -141,7 +141,8 @@ async fn best_of(
     Ok(best)
 }
 
-/// Mean round trip of one byte, in microseconds, over `count` round trips.
+/// Median round trip of one byte, in microseconds, over `count` round trips
+/// (the median, because a shared machine's scheduler adds long outliers).
 async fn rtt(to: SocketAddr, count: u64) -> anyhow::Result<f64> {
     let mut c = TcpStream::connect(to).await?;
     c.set_nodelay(true)?;
@@ -149,12 +150,14 @@ async fn rtt(to: SocketAddr, count: u64) -> anyhow::Result<f64> {
     // Warm up (the stream is opened lazily on the far side).
     c.write_all(b"x").await?;
     c.read_exact(&mut b).await?;
-    let start = Instant::now();
+    let mut samples = Vec::with_capacity(count as usize);
     for _ in 0..count {
+        let t = Instant::now();
         c.write_all(b"x").await?;
         c.read_exact(&mut b).await?;
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    Ok(start.elapsed().as_secs_f64() * 1e6 / count as f64)
+    Ok(super::median(&mut samples))
 }
 
 /// Echoes every connection on `far`.
@@ -272,7 +275,7 @@ pub async fn run(a: TunnelArgs) -> anyhow::Result<()> {
 
     let rtt_tunnel = rtt(t_echo, round_trips).await?;
     let rtt_tcp = rtt(tcp_echo_addr, round_trips).await?;
-    println!("rtt tunnel {rtt_tunnel:.1} us, loopback tcp {rtt_tcp:.1} us");
+    println!("rtt (median) tunnel {rtt_tunnel:.1} us, loopback tcp {rtt_tcp:.1} us");
     ratio("tunnel_rtt_vs_tcp", rtt_tunnel / rtt_tcp);
 
     let t64 = best_of(reps, async || transfer(t_sink, &sink, n, 64).await).await?;
