@@ -83,11 +83,21 @@ enum SimCmd {
 enum BenchCmd {
     /// The channel between two processes against memcpy and a unix socket pair.
     Ring(xenvt::bench::ring::RingArgs),
+    /// The transport end to end (TCP -> agent -> channel -> backend -> unix)
+    /// against loopback TCP and a relay chain.
+    Tunnel(xenvt::bench::tunnel::TunnelArgs),
+    /// A plain relay process (internal, for `bench tunnel`).
+    #[command(hide = true)]
+    Relay(xenvt::bench::tunnel::relay::RelayArgs),
     /// A viewer straight on Xvnc against the same viewer through xenvt-proxy.
     Proxy(xenvt::bench::proxy::ProxyArgs),
     /// A process end of a benchmark (internal).
     #[command(hide = true)]
     Peer(xenvt::bench::peer::PeerArgs),
+    /// A test peer that publishes a channel like an agent and breaks the stream
+    /// protocol on purpose (internal, for tests).
+    #[command(hide = true)]
+    HostileAgent(xenvt::bench::tunnel::hostile::HostileArgs),
 }
 
 fn main() -> ExitCode {
@@ -124,6 +134,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
             BenchCmd::Proxy(a) => xenvt::bench::proxy::run(a).await,
             BenchCmd::Peer(a) => xenvt::bench::peer::run(a).await,
+            BenchCmd::Tunnel(a) => xenvt::bench::tunnel::run(a).await,
+            BenchCmd::Relay(a) => xenvt::bench::tunnel::relay::run(a).await,
+            BenchCmd::HostileAgent(a) => xenvt::bench::tunnel::hostile::run(a).await,
         },
     }
 }
