@@ -32,6 +32,9 @@ enum Cmd {
     /// Starts a private simulated host and moves checked data both ways between a
     /// guest process and a dom0 process.
     Smoke(xenvt::smoke::SmokeArgs),
+    /// The whole chain on a private simulated host: two guests with consoles and
+    /// desktops, the backend and the proxy, for viewers to look at.
+    Demo(xenvt::demo::DemoArgs),
     /// Benchmarks; each prints `ratio NAME VALUE` lines.
     Bench {
         #[command(subcommand)]
@@ -130,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Sim { dir, cmd } => sim(dir.unwrap_or_else(xenvt::sim::default_dir), cmd).await,
         Cmd::Chan(a) => xenvt::chan::run(a).await,
         Cmd::Smoke(a) => xenvt::smoke::run(a).await,
+        Cmd::Demo(a) => xenvt::demo::run(a).await,
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
             BenchCmd::Proxy(a) => xenvt::bench::proxy::run(a).await,
