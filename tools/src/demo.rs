@@ -115,11 +115,20 @@ impl Proc {
     /// Waits (at most [`PATIENCE`]) for an output line containing `needle` and
     /// returns it; earlier lines are passed over.
     pub async fn wait_for(&mut self, needle: &str) -> anyhow::Result<String> {
+        let mut lines = self.lines_until(needle).await?;
+        lines.pop().context("no line")
+    }
+
+    /// As [`Proc::wait_for`], but returns every line read, the match last.
+    pub async fn lines_until(&mut self, needle: &str) -> anyhow::Result<Vec<String>> {
         let label = &self.label;
         let fut = async {
+            let mut seen = Vec::new();
             while let Some(l) = self.lines.recv().await {
-                if l.contains(needle) {
-                    return Ok(l);
+                let hit = l.contains(needle);
+                seen.push(l);
+                if hit {
+                    return Ok(seen);
                 }
             }
             bail!("{label} ended before saying {needle:?}")
@@ -127,15 +136,6 @@ impl Proc {
         tokio::time::timeout(PATIENCE, fut)
             .await
             .map_err(|_| anyhow!("{label} did not say {needle:?} in time"))?
-    }
-
-    /// Takes the lines already read, without waiting.
-    pub fn drain(&mut self) -> Vec<String> {
-        let mut v = Vec::new();
-        while let Ok(l) = self.lines.try_recv() {
-            v.push(l);
-        }
-        v
     }
 
     /// SIGTERM, then waits (at most [`PATIENCE`], then SIGKILL) for the exit.
@@ -311,9 +311,9 @@ impl Chain {
             .arg("--config")
             .arg(&cfg);
         let mut proxy = Proc::spawn(c, "proxy", &tmp.path().join("logs/proxy.log"))?;
-        proxy.wait_for("xenvt-proxy: ready").await?;
+        let ready = proxy.lines_until("xenvt-proxy: ready").await?;
         let (mut viewers, mut web) = (Vec::new(), None);
-        for l in proxy.drain() {
+        for l in ready {
             let Some(rest) = l.strip_prefix("xenvt-proxy: ") else {
                 continue;
             };
@@ -496,7 +496,7 @@ impl Chain {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let now = self.views().await?;
-            if now.iter().any(|(d, v)| *d == id && v == view) {
+            if now.iter().any(|(d, v)| *d == id && shows(v, view)) {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -542,6 +542,13 @@ impl Chain {
             None => Ok(()),
         }
     }
+}
+
+/// The status names a view `NAME \u{2014} console` or `NAME \u{2014} desktop (...)`.
+fn shows(status: &str, view: &str) -> bool {
+    status
+        .rsplit_once(" \u{2014} ")
+        .is_some_and(|(_, v)| v == view || v.starts_with(&format!("{view} (")))
 }
 
 /// A loopback port nobody listens on right now.
