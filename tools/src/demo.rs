@@ -73,8 +73,7 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            .process_group(0);
         let mut child = cmd.spawn().with_context(|| format!("start {label}"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let file = std::fs::OpenOptions::new()
@@ -156,6 +155,19 @@ impl Proc {
                 self.child.wait().await?;
                 bail!("{} ignored SIGTERM and was killed", self.label)
             }
+        }
+    }
+}
+
+impl Drop for Proc {
+    /// On an early return the process still gets SIGTERM rather than SIGKILL, so
+    /// Xvnc removes its lock files and the daemons their xenstore nodes and sockets.
+    fn drop(&mut self) {
+        if let (Ok(None), Some(pid)) = (self.child.try_wait(), self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
     }
 }
