@@ -116,7 +116,7 @@ fn vncdo_until(
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
         run_vncdo(vncdo, server, &["capture", file.to_str().unwrap()]);
-        let img = parse_ppm(&std::fs::read(file).unwrap()).expect("vncdotool's PPM");
+        let img = parse_bmp(&std::fs::read(file).unwrap()).expect("vncdotool's BMP");
         if pred(&img) {
             return img;
         }
@@ -138,7 +138,7 @@ fn vncdotool_types_on_the_console_and_switches_views() {
     let s = setup();
     let addr = s.proxy.viewer_addr(1);
     let server = addr.replace(':', "::");
-    let shot = s.dir.path().join("shot.ppm");
+    let shot = s.dir.path().join("shot.bmp");
 
     // The delivered desktop shows first.
     vncdo_until(&vncdo, &server, &shot, "the desktop", |i| {
@@ -225,10 +225,15 @@ impl Xvfb {
             if pred(&img) {
                 return img;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the X screen never showed {what}"
-            );
+            if std::time::Instant::now() > deadline {
+                let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("last-xvfb.ppm");
+                let mut ppm = format!("P6 {} {} 255\n", img.width, img.height).into_bytes();
+                for p in &img.pixels {
+                    ppm.extend_from_slice(&p.to_be_bytes()[1..]);
+                }
+                let _ = std::fs::write(&file, ppm);
+                panic!("the X screen never showed {what}; it is in {}", file.display());
+            }
             // The X screen has no event for "the viewer drew it"; look again shortly.
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
@@ -241,9 +246,10 @@ impl Xvfb {
             .stdout(Stdio::piped())
             .spawn()
             .expect("xdotool");
+        // Its output is a few lines: it fits the pipe until the child has exited.
+        let st = wait_bounded(&mut child, "xdotool");
         let mut out = String::new();
         std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
-        let st = wait_bounded(&mut child, "xdotool");
         assert!(st.success(), "xdotool {args:?} failed");
         out
     }
@@ -293,11 +299,13 @@ fn tigervnc_viewer_switches_with_zrle_and_tight() {
             .spawn()
             .expect("spawn vncviewer");
         let win = x
-            .xdotool(&["search", "--sync", "--onlyvisible", "--class", "Vncviewer"])
+            .xdotool(&["search", "--sync", "--onlyvisible", "--name", " - TigerVNC$"])
             .lines()
             .last()
             .expect("the viewer's window")
             .to_owned();
+        // No window manager: the pointer inside the window gives it the keyboard.
+        x.xdotool(&["mousemove", "--window", &win, "10", "10"]);
         let key = |k: &str| {
             x.xdotool(&["windowfocus", &win]);
             x.xdotool(&["key", "--clearmodifiers", k]);

@@ -1,4 +1,4 @@
-//! Screenshots taken by real peers (vncdotool's PPM, an X server's `xwd` dump) read
+//! Screenshots taken by real peers (vncdotool's BMP, an X server's `xwd` dump) read
 //! into `0xRRGGBB` pixels, and searches for the console's glyphs in them.
 
 use super::guest::glyph_strip;
@@ -60,40 +60,35 @@ impl Image {
     }
 }
 
-/// A binary PPM (`P6`, maxval 255), as PIL writes it.
-pub fn parse_ppm(b: &[u8]) -> Result<Image, String> {
-    let mut fields = Vec::new();
-    let mut i = 0;
-    while fields.len() < 4 {
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if b.get(i) == Some(&b'#') {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-            continue;
-        }
-        let start = i;
-        while i < b.len() && !b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if start == i {
-            return Err("short PPM header".into());
-        }
-        fields.push(String::from_utf8_lossy(&b[start..i]).into_owned());
+/// An uncompressed 24- or 32-bit BMP, as PIL writes it.
+pub fn parse_bmp(b: &[u8]) -> Result<Image, String> {
+    let u32_at = |o: usize| {
+        b.get(o..o + 4)
+            .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
+            .ok_or_else(|| "short BMP header".to_string())
+    };
+    if b.get(..2) != Some(b"BM") {
+        return Err("not a BMP".into());
     }
-    i += 1;
-    if fields[0] != "P6" || fields[3] != "255" {
-        return Err(format!("not an 8-bit P6 PPM: {fields:?}"));
+    let offset = u32_at(10)? as usize;
+    let width = u32_at(18)? as usize;
+    let raw_h = u32_at(22)? as i32;
+    let bpp = b.get(28..30).map(|w| u16::from_le_bytes([w[0], w[1]])).unwrap_or(0);
+    if u32_at(30)? != 0 || !(bpp == 24 || bpp == 32) {
+        return Err(format!("compressed or {bpp}-bit BMP"));
     }
-    let width: usize = fields[1].parse().map_err(|_| "bad PPM width")?;
-    let height: usize = fields[2].parse().map_err(|_| "bad PPM height")?;
-    let body = b.get(i..i + width * height * 3).ok_or("short PPM body")?;
-    let pixels = body
-        .chunks_exact(3)
-        .map(|p| u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]))
-        .collect();
+    let height = raw_h.unsigned_abs() as usize;
+    let px = usize::from(bpp / 8);
+    let stride = (width * px).div_ceil(4) * 4;
+    let body = b.get(offset..offset + stride * height).ok_or("short BMP body")?;
+    let mut pixels = vec![0u32; width * height];
+    for row in 0..height {
+        let y = if raw_h > 0 { height - 1 - row } else { row };
+        for x in 0..width {
+            let p = &body[row * stride + x * px..][..3];
+            pixels[y * width + x] = u32::from(p[2]) << 16 | u32::from(p[1]) << 8 | u32::from(p[0]);
+        }
+    }
     Ok(Image {
         width,
         height,
@@ -116,7 +111,7 @@ pub fn parse_xwd(b: &[u8]) -> Result<Image, String> {
     let byte_order = word(7)?;
     let bpp = word(11)?;
     let stride = word(12)? as usize;
-    let (rm, gm, bm) = (word(15)?, word(16)?, word(17)?);
+    let (rm, gm, bm) = (word(14)?, word(15)?, word(16)?);
     let ncolors = word(19)? as usize;
     if bpp != 32 {
         return Err(format!("{bpp} bits per pixel"));
