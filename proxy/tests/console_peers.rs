@@ -32,21 +32,27 @@ struct Setup {
     dir: tempfile::TempDir,
     _guest: GuestConsole,
     proxy: Proxy,
-    _xvnc: Xvnc,
+    xvnc: Option<Xvnc>,
+}
+
+/// An orange 320x240 Xvnc, reverse-connected to the proxy.
+fn desktop(dir: &tempfile::TempDir, proxy: &Proxy) -> Xvnc {
+    let xvnc = Xvnc::start(dir.path(), "320x240");
+    xvnc.solid("#ff8000");
+    xvnc.connect_to(proxy.reverse.as_deref().unwrap());
+    xvnc
 }
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let guest = shell_console();
     let proxy = Proxy::start(dir.path(), &config(&guest));
-    let xvnc = Xvnc::start(dir.path(), "320x240");
-    xvnc.solid("#ff8000");
-    xvnc.connect_to(proxy.reverse.as_deref().unwrap());
+    let xvnc = Some(desktop(&dir, &proxy));
     Setup {
         dir,
         _guest: guest,
         proxy,
-        _xvnc: xvnc,
+        xvnc,
     }
 }
 
@@ -232,7 +238,10 @@ impl Xvfb {
                     ppm.extend_from_slice(&p.to_be_bytes()[1..]);
                 }
                 let _ = std::fs::write(&file, ppm);
-                panic!("the X screen never showed {what}; it is in {}", file.display());
+                panic!(
+                    "the X screen never showed {what}; it is in {}",
+                    file.display()
+                );
             }
             // The X screen has no event for "the viewer drew it"; look again shortly.
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -270,6 +279,9 @@ fn window_size(x: &Xvfb, win: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The views switch here as the desktop goes and comes back: TigerVNC's viewer cannot
+/// be made to send Ctrl-Alt-F<n> under Xvfb, whose keymap gives those keys a server
+/// action (a VT switch) that swallows the press before any client sees it.
 #[test]
 fn tigervnc_viewer_switches_with_zrle_and_tight() {
     if !have(&[
@@ -284,7 +296,7 @@ fn tigervnc_viewer_switches_with_zrle_and_tight() {
     ]) {
         return;
     }
-    let s = setup();
+    let mut s = setup();
     let server = s.proxy.viewer_addr(1).replace(':', "::");
     let x = Xvfb::start();
     for enc in ["ZRLE", "Tight"] {
@@ -299,25 +311,26 @@ fn tigervnc_viewer_switches_with_zrle_and_tight() {
             .spawn()
             .expect("spawn vncviewer");
         let win = x
-            .xdotool(&["search", "--sync", "--onlyvisible", "--name", " - TigerVNC$"])
+            .xdotool(&[
+                "search",
+                "--sync",
+                "--onlyvisible",
+                "--name",
+                " - TigerVNC$",
+            ])
             .lines()
             .last()
             .expect("the viewer's window")
             .to_owned();
         // No window manager: the pointer inside the window gives it the keyboard.
         x.xdotool(&["mousemove", "--window", &win, "10", "10"]);
-        let key = |k: &str| {
-            x.xdotool(&["windowfocus", &win]);
-            x.xdotool(&["key", "--clearmodifiers", k]);
-        };
 
-        // Wherever the view is now, go to the desktop and check its picture.
-        key("ctrl+alt+F7");
         x.until(&format!("the desktop ({enc})"), |i| desktop_at(i).is_some());
         assert_eq!(window_size(&x, &win), "320x240");
 
-        // The console: typing reaches the shell, the screen shows our rendering.
-        key("ctrl+alt+F1");
+        // The desktop goes (a guest reboot): the console, where typing reaches the shell
+        // and the screen shows our rendering.
+        s.xvnc = None;
         let word = format!("via{}", enc.to_lowercase());
         x.until(&format!("the console ({enc})"), |i| {
             desktop_at(i).is_none() && !i.find_text("$ ").is_empty()
@@ -325,20 +338,17 @@ fn tigervnc_viewer_switches_with_zrle_and_tight() {
         assert_eq!(window_size(&x, &win), "640x400");
         x.xdotool(&["windowfocus", &win]);
         x.xdotool(&["type", &format!("echo {word}")]);
-        key("Return");
+        x.xdotool(&["key", "Return"]);
         x.until(&format!("the typed line and its echo ({enc})"), |i| {
             i.find_text(&word).len() >= 2
         });
 
-        // Back and forth once more.
-        key("ctrl+alt+F7");
+        // It comes back: the desktop again, at its own size.
+        s.xvnc = Some(desktop(&s.dir, &s.proxy));
         x.until(&format!("the desktop again ({enc})"), |i| {
             desktop_at(i).is_some() && i.find_text(&word).is_empty()
         });
-        key("ctrl+alt+F1");
-        x.until(&format!("the console again ({enc})"), |i| {
-            i.find_text(&word).len() >= 2
-        });
+        assert_eq!(window_size(&x, &win), "320x240");
 
         let _ = viewer.kill();
         let _ = viewer.wait();

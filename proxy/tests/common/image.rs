@@ -73,14 +73,19 @@ pub fn parse_bmp(b: &[u8]) -> Result<Image, String> {
     let offset = u32_at(10)? as usize;
     let width = u32_at(18)? as usize;
     let raw_h = u32_at(22)? as i32;
-    let bpp = b.get(28..30).map(|w| u16::from_le_bytes([w[0], w[1]])).unwrap_or(0);
+    let bpp = b
+        .get(28..30)
+        .map(|w| u16::from_le_bytes([w[0], w[1]]))
+        .unwrap_or(0);
     if u32_at(30)? != 0 || !(bpp == 24 || bpp == 32) {
         return Err(format!("compressed or {bpp}-bit BMP"));
     }
     let height = raw_h.unsigned_abs() as usize;
     let px = usize::from(bpp / 8);
     let stride = (width * px).div_ceil(4) * 4;
-    let body = b.get(offset..offset + stride * height).ok_or("short BMP body")?;
+    let body = b
+        .get(offset..offset + stride * height)
+        .ok_or("short BMP body")?;
     let mut pixels = vec![0u32; width * height];
     for row in 0..height {
         let y = if raw_h > 0 { height - 1 - row } else { row };
