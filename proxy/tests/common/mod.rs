@@ -265,6 +265,8 @@ pub struct TestViewer {
 impl TestViewer {
     pub async fn connect(addr: &str, encodings: &[i32], password: Option<&[u8]>) -> TestViewer {
         let mut s = TcpStream::connect(addr).await.expect("connect to proxy");
+        // As real viewers do: small messages (keys) go at once, not after an ACK.
+        s.set_nodelay(true).unwrap();
         let cfg = ClientConfig {
             password: password.map(<[u8]>::to_vec),
             ..ClientConfig::default()
