@@ -18,11 +18,11 @@ use common::*;
 const ORANGE: u32 = 0xff8000;
 const DESKTOP: (usize, usize) = (320, 240);
 
-fn config(console: &GuestConsole) -> String {
+fn config(console: &GuestConsole, switch: &str) -> String {
     format!(
         "[[domain]]\ndomid = 1\nname = \"vm1\"\nport = 0\nconsole = \"pty:{}\"\n\
          [reverse]\ndomid = 1\nlisten = \"127.0.0.1:0\"\n[xenstore]\nenabled = false\n\
-         [switch]\nmanual_hold_ms = 0\n",
+         [switch]\nmanual_hold_ms = 0\n{switch}",
         console.path.display()
     )
 }
@@ -43,10 +43,10 @@ fn desktop(dir: &tempfile::TempDir, proxy: &Proxy) -> Xvnc {
     xvnc
 }
 
-fn setup() -> Setup {
+fn setup(switch: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let guest = shell_console();
-    let proxy = Proxy::start(dir.path(), &config(&guest));
+    let proxy = Proxy::start(dir.path(), &config(&guest, switch));
     let xvnc = Some(desktop(&dir, &proxy));
     Setup {
         dir,
@@ -141,7 +141,7 @@ fn vncdotool_types_on_the_console_and_switches_views() {
         return;
     }
     let Some(vncdo) = vncdo() else { return };
-    let s = setup();
+    let s = setup("");
     let addr = s.proxy.viewer_addr(1);
     let server = addr.replace(':', "::");
     let shot = s.dir.path().join("shot.bmp");
@@ -279,9 +279,10 @@ fn window_size(x: &Xvfb, win: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The views switch here as the desktop goes and comes back: TigerVNC's viewer cannot
-/// be made to send Ctrl-Alt-F<n> under Xvfb, whose keymap gives those keys a server
-/// action (a VT switch) that swallows the press before any client sees it.
+/// The views switch as the desktop goes and comes back, and by key. TigerVNC's viewer
+/// cannot be made to send Ctrl-Alt-F<n> under Xvfb, whose keymap gives those keys a
+/// server action (a VT switch) that swallows the press before any client sees it; so
+/// this domain binds Ctrl-Alt-1 and Ctrl-Alt-7 instead.
 #[test]
 fn tigervnc_viewer_switches_with_zrle_and_tight() {
     if !have(&[
@@ -296,7 +297,8 @@ fn tigervnc_viewer_switches_with_zrle_and_tight() {
     ]) {
         return;
     }
-    let mut s = setup();
+    // Ctrl-Alt-F<n> cannot come through here (see above); Ctrl-Alt-<digit> can.
+    let mut s = setup("console = \"ctrl-alt-1\"\ndesktop = \"ctrl-alt-7\"\n");
     let server = s.proxy.viewer_addr(1).replace(':', "::");
     let x = Xvfb::start();
     for enc in ["ZRLE", "Tight"] {
@@ -349,6 +351,32 @@ fn tigervnc_viewer_switches_with_zrle_and_tight() {
             desktop_at(i).is_some() && i.find_text(&word).is_empty()
         });
         assert_eq!(window_size(&x, &win), "320x240");
+
+        // By key, back and forth; the window follows the view's size.
+        let key = |k: &str| {
+            x.xdotool(&["windowfocus", &win]);
+            x.xdotool(&["key", "--clearmodifiers", k]);
+        };
+        key("ctrl+alt+1");
+        x.until(&format!("the console by key ({enc})"), |i| {
+            desktop_at(i).is_none() && i.find_text(&word).len() >= 2
+        });
+        assert_eq!(window_size(&x, &win), "640x400");
+        key("ctrl+alt+7");
+        x.until(&format!("the desktop by key ({enc})"), |i| {
+            desktop_at(i).is_some()
+        });
+        assert_eq!(window_size(&x, &win), "320x240");
+        key("ctrl+alt+1");
+        x.until(&format!("the console by key again ({enc})"), |i| {
+            i.find_text(&word).len() >= 2
+        });
+        assert_eq!(window_size(&x, &win), "640x400");
+        // Leave the desktop showing for the next viewer.
+        key("ctrl+alt+7");
+        x.until(&format!("the desktop for the next viewer ({enc})"), |i| {
+            desktop_at(i).is_some()
+        });
 
         let _ = viewer.kill();
         let _ = viewer.wait();
