@@ -21,6 +21,38 @@
 //! port = 5901                   # default 5900 + domid
 //! desktop_password = "..."      # VncAuth towards the desktop, if it asks
 //! connect = "tcp:127.0.0.1:5901" # or "unix:PATH": dial the desktop ourselves
+//! console = "xenstore"          # or "pty:PATH", "unix:PATH", "none"
+//! console_log = "vm1.log"       # default: <console.log_dir>/<name>.log if log_dir is set
+//!
+//! [[domain.upstream]]           # more views: other VNC servers, switched to by key
+//! name = "monitor"
+//! connect = "tcp:127.0.0.1:5910"
+//! key = "ctrl-alt-f2"
+//!
+//! [console]                     # every domain's console view
+//! cols = 80
+//! rows = 25
+//! scrollback = 1000
+//! keys = "xterm"                # or "linux"
+//! fps = 30
+//! log_dir = "/var/log/xenvt"
+//! log_max_bytes = 1048576
+//! log_keep = 3
+//!
+//! [switch]
+//! console = "ctrl-alt-f1"
+//! desktop = "ctrl-alt-f7"
+//! manual_hold_ms = 5000         # a desktop arriving waits this long after a switch by hand
+//!
+//! [xenstore]
+//! enabled = true                # default: when XENSTORED_PATH or /dev/xen/xenbus exists
+//! domains = true                # serve every domain xenstore lists, as they come and go
+//! include_dom0 = false
+//!
+//! [web]                         # WebSocket viewers (noVNC) and a status page
+//! listen = "127.0.0.1:6080"     # anything but loopback needs a viewer password
+//! path = "/websockify"          # ws://HOST:PORT/websockify/<domid or name>
+//! novnc_dir = "/usr/share/xenvt/novnc"  # holds noVNC's core/ and vendor/
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -29,8 +61,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::console::{ConsoleConfig, KeyFlavour};
+use crate::console_view::ConsoleSpec;
 use crate::error::{Error, Result};
 use crate::rfb::encoding;
+use crate::view::{Binding, SwitchPolicy, Target};
 
 /// The default viewer port is this plus the domain id.
 pub const BASE_PORT: u16 = 5900;
@@ -47,6 +82,60 @@ struct RawConfig {
     reverse: Option<RawReverse>,
     #[serde(default)]
     domain: Vec<RawDomain>,
+    #[serde(default)]
+    console: RawConsole,
+    #[serde(default)]
+    switch: RawSwitch,
+    #[serde(default)]
+    xenstore: RawXenstore,
+    web: Option<RawWeb>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    cols: Option<u16>,
+    rows: Option<u16>,
+    scrollback: Option<usize>,
+    keys: Option<String>,
+    fps: Option<u32>,
+    log_dir: Option<PathBuf>,
+    log_max_bytes: Option<u64>,
+    log_keep: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSwitch {
+    console: Option<String>,
+    desktop: Option<String>,
+    manual_hold_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawXenstore {
+    enabled: Option<bool>,
+    domains: Option<bool>,
+    include_dom0: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    listen: Option<SocketAddr>,
+    path: Option<String>,
+    novnc_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExtra {
+    name: String,
+    connect: String,
+    key: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -58,6 +147,7 @@ struct RawViewer {
     password_file: Option<PathBuf>,
     max_cut_text: Option<u32>,
     auto_domains: Option<bool>,
+    port_base: Option<u16>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -85,6 +175,10 @@ struct RawDomain {
     desktop_password: Option<String>,
     desktop_password_file: Option<PathBuf>,
     connect: Option<String>,
+    console: Option<String>,
+    console_log: Option<PathBuf>,
+    #[serde(default)]
+    upstream: Vec<RawExtra>,
 }
 
 /// How viewers authenticate.
@@ -118,6 +212,62 @@ pub struct DomainConfig {
     pub desktop_password: Option<Vec<u8>>,
     /// Dial this desktop ourselves instead of waiting for it.
     pub connect: Option<Dial>,
+    /// Where its console is.
+    pub console: ConsoleSpec,
+    /// Its console log file, if kept.
+    pub console_log: Option<PathBuf>,
+    /// More upstream VNC servers shown as views of their own.
+    pub extras: Vec<ExtraUpstream>,
+}
+
+/// A configured upstream VNC server other than the desktop: a view reached by its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtraUpstream {
+    /// Its name: the view's label and its binding's target.
+    pub name: String,
+    /// Where to dial.
+    pub dial: Dial,
+    /// VncAuth password, if it asks.
+    pub password: Option<Vec<u8>>,
+    /// The key that shows it.
+    pub binding: Option<Binding>,
+}
+
+/// Every domain's console view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleDefaults {
+    /// Grid, scrollback, key flavour.
+    pub config: ConsoleConfig,
+    /// Most renders a second.
+    pub fps: u32,
+    /// Where per-domain logs go when a domain names no log of its own.
+    pub log_dir: Option<PathBuf>,
+    /// Largest log file.
+    pub log_max_bytes: u64,
+    /// Rotated log files kept.
+    pub log_keep: u32,
+}
+
+/// Whether and how xenstore is used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XenstoreConfig {
+    /// `None`: use it when `XENSTORED_PATH` is set or `/dev/xen/xenbus` exists.
+    pub enabled: Option<bool>,
+    /// Serve every domain xenstore lists, as they are created and destroyed.
+    pub domains: bool,
+    /// Serve domain 0 too.
+    pub include_dom0: bool,
+}
+
+/// The WebSocket and status page listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The WebSocket path prefix; the domain follows it.
+    pub path: String,
+    /// noVNC's files (`core/`, `vendor/`), served under `/novnc/`.
+    pub novnc_dir: Option<PathBuf>,
 }
 
 /// What we ask upstream desktops for.
@@ -142,12 +292,22 @@ pub struct Config {
     pub default_listen: IpAddr,
     /// Serve domains the backend delivers that were not configured (port 5900+domid).
     pub auto_domains: bool,
+    /// Unconfigured domains listen on this plus the domain id; 0: any free port.
+    pub port_base: u16,
     /// Upstream settings.
     pub upstream: UpstreamConfig,
     /// The TCP reverse listener and the domain it feeds.
     pub reverse: Option<(SocketAddr, u16)>,
     /// Configured domains by id.
     pub domains: BTreeMap<u16, DomainConfig>,
+    /// Console view settings.
+    pub console: ConsoleDefaults,
+    /// Key bindings and automatic switching (per domain, extras' keys are added).
+    pub switch: SwitchPolicy,
+    /// Xenstore use.
+    pub xenstore: XenstoreConfig,
+    /// The web listener, if any.
+    pub web: Option<WebConfig>,
 }
 
 fn encoding_number(name: &str) -> Option<i32> {
@@ -260,11 +420,12 @@ impl Config {
         let mut ports = HashSet::new();
         for d in raw.domain {
             let what = format!("domain {}", d.domid);
-            let port = match d.port {
-                Some(p) => p,
-                None => BASE_PORT
-                    .checked_add(d.domid)
-                    .ok_or_else(|| bad(format!("{what}: 5900 + domid overflows; set a port")))?,
+            let port = match (d.port, v.port_base.unwrap_or(BASE_PORT)) {
+                (Some(p), _) => p,
+                (None, 0) => 0,
+                (None, base) => base.checked_add(d.domid).ok_or_else(|| {
+                    bad(format!("{what}: port_base + domid overflows; set a port"))
+                })?,
             };
             let listen = d.listen.unwrap_or(default_listen);
             refuse_open(listen, &what)?;
@@ -283,12 +444,51 @@ impl Config {
                     "{what}: name must be 1 to 255 bytes without control characters"
                 )));
             }
+            let console = match d.console.as_deref() {
+                None => ConsoleSpec::Xenstore,
+                Some(c) => parse_console(c).map_err(|m| bad(format!("{what}: console: {m}")))?,
+            };
+            let mut extras = Vec::new();
+            for e in d.upstream {
+                let w = format!("{what}: upstream {:?}", e.name);
+                if e.name.is_empty()
+                    || e.name.len() > 64
+                    || !e
+                        .name
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || "-_.".contains(c))
+                    || ["console", "desktop"].contains(&e.name.as_str())
+                    || extras.iter().any(|x: &ExtraUpstream| x.name == e.name)
+                {
+                    return Err(bad(format!(
+                        "{w}: names are 1 to 64 letters, digits, '-', '_' or '.', unique, \
+                         and not \"console\" or \"desktop\""
+                    )));
+                }
+                let dial = parse_dial(&e.connect).map_err(|m| bad(format!("{w}: connect: {m}")))?;
+                let password = read_secret(&w, e.password, e.password_file)?;
+                check_pw(&w, &password)?;
+                let binding = e
+                    .key
+                    .map(|k| Binding::parse(&k, Target::Named(e.name.clone())))
+                    .transpose()
+                    .map_err(|m| bad(format!("{w}: key: {m}")))?;
+                extras.push(ExtraUpstream {
+                    name: e.name,
+                    dial,
+                    password,
+                    binding,
+                });
+            }
             let dc = DomainConfig {
                 domid: d.domid,
                 name,
                 viewer_addr: SocketAddr::new(listen, port),
                 desktop_password,
                 connect,
+                console,
+                console_log: d.console_log.map(|p| rel(&p)),
+                extras,
             };
             if domains.insert(d.domid, dc).is_some() {
                 return Err(bad(format!("{what}: configured twice")));
@@ -308,11 +508,83 @@ impl Config {
             }
         };
 
+        let c = raw.console;
+        let keys = match c.keys.as_deref() {
+            None | Some("xterm") => KeyFlavour::Xterm,
+            Some("linux") => KeyFlavour::Linux,
+            Some(o) => {
+                return Err(bad(format!(
+                    "console.keys: {o:?} (want \"xterm\" or \"linux\")"
+                )))
+            }
+        };
+        let cc = ConsoleConfig {
+            cols: c.cols.unwrap_or(80),
+            rows: c.rows.unwrap_or(25),
+            scrollback: c.scrollback.unwrap_or(1000),
+            keys,
+        };
+        cc.validate().map_err(|e| bad(format!("console: {e}")))?;
+        let console = ConsoleDefaults {
+            config: cc,
+            fps: c.fps.unwrap_or(30).clamp(1, 120),
+            log_dir: c.log_dir.map(|p| rel(&p)),
+            log_max_bytes: c.log_max_bytes.unwrap_or(1 << 20).max(1),
+            log_keep: c.log_keep.unwrap_or(3).max(1),
+        };
+        let sw = raw.switch;
+        let mut switch = SwitchPolicy::default();
+        if let Some(ms) = sw.manual_hold_ms {
+            switch.manual_hold = std::time::Duration::from_millis(ms.min(3_600_000));
+        }
+        for (spec, target, what) in [
+            (sw.console, Target::Console, "switch.console"),
+            (sw.desktop, Target::Desktop, "switch.desktop"),
+        ] {
+            if let Some(spec) = spec {
+                let b = Binding::parse(&spec, target.clone())
+                    .map_err(|m| bad(format!("{what}: {m}")))?;
+                switch.bindings.retain(|x| x.target != target);
+                switch.bindings.push(b);
+            }
+        }
+        let xs = raw.xenstore;
+        let xenstore = XenstoreConfig {
+            enabled: xs.enabled,
+            domains: xs.domains.unwrap_or(false),
+            include_dom0: xs.include_dom0.unwrap_or(false),
+        };
+        let web = match raw.web {
+            None => None,
+            Some(w) => {
+                let listen = w
+                    .listen
+                    .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6080));
+                refuse_open(listen.ip(), "web.listen")?;
+                let path = w.path.unwrap_or_else(|| "/websockify".into());
+                if !path.starts_with('/') || path.len() > 200 || path.contains(['?', '#', ' ']) {
+                    return Err(bad(format!(
+                        "web.path: {path:?} must be an absolute URL path"
+                    )));
+                }
+                Some(WebConfig {
+                    listen,
+                    path: path.trim_end_matches('/').to_owned(),
+                    novnc_dir: w.novnc_dir.map(|p| rel(&p)),
+                })
+            }
+        };
+
         Ok(Config {
+            console,
+            switch,
+            xenstore,
+            web,
             security,
             max_cut_text: v.max_cut_text.unwrap_or(1 << 20),
             default_listen,
             auto_domains: v.auto_domains.unwrap_or(true),
+            port_base: v.port_base.unwrap_or(BASE_PORT),
             upstream: UpstreamConfig {
                 backend_socket: u.backend_socket.map(|p| rel(&p)),
                 encodings,
@@ -334,10 +606,36 @@ impl Config {
         Some(DomainConfig {
             domid,
             name: name.map_or_else(|| format!("domain{domid}"), str::to_owned),
-            viewer_addr: SocketAddr::new(self.default_listen, BASE_PORT.checked_add(domid)?),
+            viewer_addr: SocketAddr::new(
+                self.default_listen,
+                if self.port_base == 0 {
+                    0
+                } else {
+                    self.port_base.checked_add(domid)?
+                },
+            ),
             desktop_password: None,
             connect: None,
+            console: ConsoleSpec::Xenstore,
+            console_log: None,
+            extras: Vec::new(),
         })
+    }
+}
+
+fn parse_console(s: &str) -> std::result::Result<ConsoleSpec, String> {
+    if s == "none" {
+        Ok(ConsoleSpec::None)
+    } else if s == "xenstore" {
+        Ok(ConsoleSpec::Xenstore)
+    } else if let Some(p) = s.strip_prefix("pty:").filter(|p| !p.is_empty()) {
+        Ok(ConsoleSpec::Pty(PathBuf::from(p)))
+    } else if let Some(p) = s.strip_prefix("unix:").filter(|p| !p.is_empty()) {
+        Ok(ConsoleSpec::Unix(PathBuf::from(p)))
+    } else {
+        Err(format!(
+            "{s:?}: want \"xenstore\", \"none\", \"pty:PATH\" or \"unix:PATH\""
+        ))
     }
 }
 
@@ -450,6 +748,51 @@ mod tests {
         let c = Config::parse(text, &dir.path().join("proxy.toml")).unwrap();
         assert_eq!(c.security, Security::VncAuth(b"pw".to_vec()));
         assert_eq!(c.domains.len(), 2);
+        assert!(c.xenstore.domains);
+        assert_eq!(c.web.as_ref().unwrap().path, "/websockify");
+        assert_eq!(c.console.log_keep, 3);
+    }
+
+    #[test]
+    fn console_switch_and_extra_views() {
+        let c = parse(
+            "[[domain]]\ndomid = 1\nconsole = \"pty:/dev/pts/4\"\n\
+             [[domain.upstream]]\nname = \"mon\"\nconnect = \"tcp:127.0.0.1:5999\"\nkey = \"ctrl-alt-f2\"\n\
+             [[domain]]\ndomid = 2\n\
+             [switch]\nconsole = \"ctrl-alt-f11\"\nmanual_hold_ms = 100\n\
+             [console]\ncols = 100\nrows = 30\nkeys = \"linux\"\nlog_dir = \"logs\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.domains[&1].console, ConsoleSpec::Pty("/dev/pts/4".into()));
+        assert_eq!(c.domains[&2].console, ConsoleSpec::Xenstore);
+        let e = &c.domains[&1].extras[0];
+        assert_eq!(e.name, "mon");
+        assert_eq!(
+            e.binding.as_ref().unwrap().target,
+            Target::Named("mon".into())
+        );
+        assert_eq!(c.switch.manual_hold, std::time::Duration::from_millis(100));
+        let console_key = c
+            .switch
+            .bindings
+            .iter()
+            .find(|b| b.target == Target::Console);
+        assert_eq!(console_key.unwrap().keysym, 0xffc8, "F11 replaced F1");
+        assert_eq!(
+            (c.console.config.cols, c.console.config.keys),
+            (100, KeyFlavour::Linux)
+        );
+        assert_eq!(c.console.log_dir, Some(PathBuf::from("/etc/xenvt/logs")));
+        for (t, want) in [
+            ("[[domain]]\ndomid = 1\nconsole = \"tty\"\n", "console"),
+            ("[[domain]]\ndomid = 1\n[[domain.upstream]]\nname = \"desktop\"\nconnect = \"tcp:127.0.0.1:1\"\n", "names are"),
+            ("[switch]\ndesktop = \"f7\"\n", "ctrl or alt"),
+            ("[console]\ncols = 0\n", "cols"),
+            ("[web]\npath = \"x\"\n", "web.path"),
+        ] {
+            let e = parse(t).unwrap_err().to_string();
+            assert!(e.contains(want), "{t:?}: {e}");
+        }
     }
 
     #[test]

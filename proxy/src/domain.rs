@@ -6,12 +6,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
 
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use crate::region::Region;
 use crate::rfb::{Framebuffer, Rect};
-use crate::view::{placeholder, CursorShape, NoInput, SharedFb, ViewInput, ViewKind};
+use crate::view::{
+    ConsoleEvent, ConsoleInput, CursorShape, SharedFb, SwitchPolicy, Target, ViewInput, ViewKind,
+    MOD_ALT, MOD_CTRL, MOD_SHIFT,
+};
 
 /// Identifies a view within the process.
 pub type ViewId = u64;
@@ -24,13 +28,21 @@ fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
-/// X keysyms of the view-switching keys.
-const XK_F1: u32 = 0xffbe;
-const XK_F7: u32 = 0xffc4;
+/// X keysyms of the modifiers that bindings use.
+const XK_SHIFT_L: u32 = 0xffe1;
+const XK_SHIFT_R: u32 = 0xffe2;
 const XK_CONTROL_L: u32 = 0xffe3;
 const XK_CONTROL_R: u32 = 0xffe4;
 const XK_ALT_L: u32 = 0xffe9;
 const XK_ALT_R: u32 = 0xffea;
+const XK_META_L: u32 = 0xffe7;
+const XK_META_R: u32 = 0xffe8;
+
+/// Keys one viewer may hold down at once; more presses are dropped (a hostile viewer
+/// must not grow the set without bound).
+pub const MAX_HELD_KEYS: usize = 32;
+/// Console input events queued before more are dropped (the console task drains them).
+pub const CONSOLE_QUEUE: usize = 1024;
 
 /// Locks a mutex; a poisoned lock still holds consistent state here (every critical
 /// section leaves it valid before anything can panic), so carry on with it.
@@ -78,6 +90,8 @@ impl ViewerShared {
 struct ViewEntry {
     id: ViewId,
     kind: ViewKind,
+    /// What bindings call it: "console", "desktop", or a configured upstream's name.
+    slot: String,
     fb: SharedFb,
     input: Arc<dyn ViewInput>,
     cursor: Option<Arc<CursorShape>>,
@@ -92,8 +106,14 @@ struct State {
     views: Vec<ViewEntry>,
     current: ViewId,
     viewers: BTreeMap<ViewerId, Arc<ViewerShared>>,
-    /// Keys held down on the current view, released there when switching away.
-    held: BTreeSet<u32>,
+    /// Keys each viewer holds down (bounded per viewer), to match bindings.
+    pressed: BTreeMap<ViewerId, BTreeSet<u32>>,
+    /// Keys delivered down to the current view, released there when switching away.
+    sent: BTreeSet<u32>,
+    /// Binding keys whose release is swallowed too.
+    swallowed: BTreeSet<u32>,
+    /// When a viewer last switched by hand: the desktop does not take over right after.
+    manual_at: Option<Instant>,
 }
 
 /// What a viewer needs to draw the current view.
@@ -101,6 +121,8 @@ struct State {
 pub struct Current {
     /// The view.
     pub id: ViewId,
+    /// Its kind.
+    pub kind: ViewKind,
     /// Its pixels.
     pub fb: SharedFb,
     /// The desktop name to show.
@@ -112,6 +134,7 @@ pub struct Current {
 /// One domain served by this process.
 pub struct Domain {
     domid: u16,
+    policy: Arc<SwitchPolicy>,
     state: Mutex<State>,
 }
 
@@ -123,29 +146,64 @@ impl std::fmt::Debug for Domain {
     }
 }
 
+/// The console task's side of the console view: the view to draw into and the viewers'
+/// input for the guest.
+#[derive(Debug)]
+pub struct ConsolePort {
+    /// The console view (it lives as long as the domain).
+    pub view: ViewHandle,
+    /// Keys and pastes from viewers, in order.
+    pub input: mpsc::Receiver<ConsoleEvent>,
+}
+
 impl Domain {
-    /// A domain showing its placeholder.
-    pub fn new(domid: u16, name: &str) -> Arc<Domain> {
+    /// A domain whose first view is its console, `console_size` pixels (drawn by whoever
+    /// holds the returned port); `policy` says how views switch.
+    pub fn new(
+        domid: u16,
+        name: &str,
+        policy: Arc<SwitchPolicy>,
+        console_size: (u16, u16),
+    ) -> crate::Result<(Arc<Domain>, ConsolePort)> {
         let id = next_id();
-        let ph = ViewEntry {
+        let (tx, rx) = mpsc::channel(CONSOLE_QUEUE);
+        let fb = Arc::new(RwLock::new(Framebuffer::new(
+            console_size.0,
+            console_size.1,
+        )?));
+        let closer = Arc::new(Notify::new());
+        let console = ViewEntry {
             id,
-            kind: ViewKind::Placeholder,
-            fb: Arc::new(RwLock::new(placeholder(name))),
-            input: Arc::new(NoInput),
+            kind: ViewKind::Console,
+            slot: "console".into(),
+            fb: fb.clone(),
+            input: Arc::new(ConsoleInput::new(tx)),
             cursor: None,
             detail: String::new(),
-            closer: Arc::new(Notify::new()),
+            closer: closer.clone(),
         };
-        Arc::new(Domain {
+        let dom = Arc::new(Domain {
             domid,
+            policy,
             state: Mutex::new(State {
                 name: name.to_owned(),
-                views: vec![ph],
+                views: vec![console],
                 current: id,
                 viewers: BTreeMap::new(),
-                held: BTreeSet::new(),
+                pressed: BTreeMap::new(),
+                sent: BTreeSet::new(),
+                swallowed: BTreeSet::new(),
+                manual_at: None,
             }),
-        })
+        });
+        let view = ViewHandle {
+            domain: dom.clone(),
+            id,
+            fb,
+            closer,
+            permanent: true,
+        };
+        Ok((dom, ConsolePort { view, input: rx }))
     }
 
     /// The domain id.
@@ -158,43 +216,42 @@ impl Domain {
         lock(&self.state).name.clone()
     }
 
-    /// Renames the domain (the backend told us its name); viewers get the new name.
+    /// How views switch.
+    pub fn policy(&self) -> &SwitchPolicy {
+        &self.policy
+    }
+
+    /// Renames the domain (the backend or xenstore told us its name); viewers get the
+    /// new name.
     pub fn set_name(&self, name: &str) {
         let mut st = lock(&self.state);
         if st.name == name {
             return;
         }
         st.name = name.to_owned();
-        if let Some(v) = st.views.iter().find(|v| v.kind == ViewKind::Placeholder) {
-            let mut fb = v.fb.write().unwrap_or_else(|p| p.into_inner());
-            *fb = placeholder(name);
-        }
-        let placeholder_shown = st
-            .views
-            .iter()
-            .any(|v| v.id == st.current && v.kind == ViewKind::Placeholder);
         for v in st.viewers.values() {
-            v.poke(|s| {
-                s.name_changed = true;
-                if placeholder_shown {
-                    s.view_changed = true;
-                }
-            });
+            v.poke(|s| s.name_changed = true);
         }
     }
 
     fn title(name: &str, v: &ViewEntry) -> String {
+        let label = match v.kind {
+            ViewKind::Upstream => v.slot.as_str(),
+            k => k.label(),
+        };
         if v.detail.is_empty() {
-            format!("{name} \u{2014} {}", v.kind.label())
+            format!("{name} \u{2014} {label}")
         } else {
-            format!("{name} \u{2014} {} ({})", v.kind.label(), v.detail)
+            format!("{name} \u{2014} {label} ({})", v.detail)
         }
     }
 
-    /// Adds a view at the end of the order; it is not shown until switched to.
+    /// Adds a view at the end of the order; it is not shown until switched to. `slot`
+    /// is what bindings call it (the kind's label for the desktop).
     pub fn add_view(
         self: &Arc<Self>,
         kind: ViewKind,
+        slot: &str,
         fb: Framebuffer,
         input: Arc<dyn ViewInput>,
     ) -> ViewHandle {
@@ -204,6 +261,7 @@ impl Domain {
         lock(&self.state).views.push(ViewEntry {
             id,
             kind,
+            slot: slot.to_owned(),
             fb: fb.clone(),
             input,
             cursor: None,
@@ -215,13 +273,14 @@ impl Domain {
             id,
             fb,
             closer,
+            permanent: false,
         }
     }
 
-    /// Closes every view of `kind` other than `keep` (their producers are told to stop).
-    pub fn close_others(&self, kind: ViewKind, keep: ViewId) {
+    /// Closes every view in `slot` other than `keep` (their producers are told to stop).
+    pub fn close_others(&self, slot: &str, keep: ViewId) {
         let st = lock(&self.state);
-        for v in st.views.iter().filter(|v| v.kind == kind && v.id != keep) {
+        for v in st.views.iter().filter(|v| v.slot == slot && v.id != keep) {
             v.closer.notify_one();
         }
     }
@@ -232,6 +291,7 @@ impl Domain {
         let v = st.current_view();
         Current {
             id: v.id,
+            kind: v.kind,
             fb: v.fb.clone(),
             name: Self::title(&st.name, v),
             cursor: v.cursor.clone(),
@@ -243,11 +303,19 @@ impl Domain {
         lock(&self.state).current_view().kind
     }
 
+    /// The slots of the views, in order.
+    pub fn slots(&self) -> Vec<String> {
+        lock(&self.state)
+            .views
+            .iter()
+            .map(|v| v.slot.clone())
+            .collect()
+    }
+
     /// Switches to view `id`: held keys are released on the old view, and every viewer
     /// gets the new size, name and a full update. Returns false if there is no such view.
     pub fn switch_to(&self, id: ViewId) -> bool {
-        let mut st = lock(&self.state);
-        st.switch_to(id)
+        lock(&self.state).switch_to(id)
     }
 
     /// Switches to the first view of `kind`, if there is one.
@@ -265,12 +333,12 @@ impl Domain {
     fn remove_view(&self, id: ViewId) {
         let mut st = lock(&self.state);
         if st.current == id {
-            // Back to the first view: the console, or the placeholder.
+            // Back to the first view: the console.
             let first = st.views.first().map(|v| v.id).unwrap_or(id);
             if first != id {
                 st.switch_to(first);
             } else {
-                st.held.clear();
+                st.sent.clear();
             }
         }
         st.views.retain(|v| v.id != id);
@@ -284,9 +352,17 @@ impl Domain {
         (id, v)
     }
 
-    /// Forgets a viewer.
+    /// Forgets a viewer; keys it still held are released on the current view.
     pub fn detach(&self, id: ViewerId) {
-        lock(&self.state).viewers.remove(&id);
+        let mut st = lock(&self.state);
+        st.viewers.remove(&id);
+        let held = st.pressed.remove(&id).unwrap_or_default();
+        for k in held {
+            let others = st.pressed.values().any(|s| s.contains(&k));
+            if !others && st.sent.remove(&k) {
+                st.current_view().input.key(false, k);
+            }
+        }
     }
 
     /// How many viewers are attached.
@@ -294,41 +370,51 @@ impl Domain {
         lock(&self.state).viewers.len()
     }
 
-    /// Tells every viewer to close (the daemon is stopping).
+    /// Tells every viewer to close (the daemon is stopping or the domain went away).
     pub fn close_viewers(&self) {
         for v in lock(&self.state).viewers.values() {
             v.poke(|s| s.closed = true);
         }
     }
 
-    /// A key from a viewer, for the current view. Ctrl-Alt-F1 and Ctrl-Alt-F7 switch to
-    /// the console (or placeholder) and to the desktop; they are not passed on.
-    pub fn key(&self, down: bool, keysym: u32) {
+    /// A key from viewer `who`, for the current view. A key that completes a binding
+    /// switches views and is swallowed (its release too).
+    pub fn key(&self, who: ViewerId, down: bool, keysym: u32) {
         let mut st = lock(&self.state);
-        let ctrl = st.held.contains(&XK_CONTROL_L) || st.held.contains(&XK_CONTROL_R);
-        let alt = st.held.contains(&XK_ALT_L) || st.held.contains(&XK_ALT_R);
-        if ctrl && alt && (keysym == XK_F1 || keysym == XK_F7) {
-            if down {
-                let target = if keysym == XK_F7 {
-                    st.views.iter().find(|v| v.kind == ViewKind::Desktop)
-                } else {
-                    st.views
-                        .iter()
-                        .find(|v| v.kind == ViewKind::Console)
-                        .or_else(|| st.views.first())
-                };
-                if let Some(id) = target.map(|v| v.id) {
-                    st.switch_to(id);
-                }
+        let st = &mut *st;
+        if !down {
+            if let Some(p) = st.pressed.get_mut(&who) {
+                p.remove(&keysym);
+            }
+            if st.swallowed.remove(&keysym) {
+                return;
+            }
+            // A release the view never saw pressed (pressed before a switch) stays here.
+            if st.sent.remove(&keysym) {
+                st.current_view().input.key(false, keysym);
             }
             return;
         }
-        if down {
-            st.held.insert(keysym);
-        } else {
-            st.held.remove(&keysym);
+        let mods = st
+            .pressed
+            .get(&who)
+            .map(|p| modifiers(p.iter().copied()))
+            .unwrap_or(0);
+        if let Some(b) = self.policy.binding(mods, keysym) {
+            st.swallowed.insert(keysym);
+            if let Some(id) = st.target(&b.target) {
+                st.switch_to(id);
+                st.manual_at = Some(Instant::now());
+            }
+            return;
         }
-        st.current_view().input.key(down, keysym);
+        let p = st.pressed.entry(who).or_default();
+        if p.len() >= MAX_HELD_KEYS && !p.contains(&keysym) {
+            return;
+        }
+        p.insert(keysym);
+        st.sent.insert(keysym);
+        st.current_view().input.key(true, keysym);
     }
 
     /// A pointer event from a viewer, clamped into the current view.
@@ -362,13 +448,35 @@ impl Domain {
     }
 }
 
+/// The binding modifiers among `keys`.
+fn modifiers(keys: impl Iterator<Item = u32>) -> u8 {
+    keys.fold(0, |m, k| {
+        m | match k {
+            XK_CONTROL_L | XK_CONTROL_R => MOD_CTRL,
+            XK_ALT_L | XK_ALT_R | XK_META_L | XK_META_R => MOD_ALT,
+            XK_SHIFT_L | XK_SHIFT_R => MOD_SHIFT,
+            _ => 0,
+        }
+    })
+}
+
 impl State {
     fn current_view(&self) -> &ViewEntry {
-        // The current id always names a view: views are removed only after switching away.
+        // The current id always names a view: views are removed only after switching away,
+        // and the console is never removed.
         self.views
             .iter()
             .find(|v| v.id == self.current)
             .unwrap_or(&self.views[0])
+    }
+
+    fn target(&self, t: &Target) -> Option<ViewId> {
+        let slot = match t {
+            Target::Console => "console",
+            Target::Desktop => "desktop",
+            Target::Named(n) => n.as_str(),
+        };
+        self.views.iter().find(|v| v.slot == slot).map(|v| v.id)
     }
 
     fn switch_to(&mut self, id: ViewId) -> bool {
@@ -379,7 +487,7 @@ impl State {
             return true;
         }
         let old = self.current_view().input.clone();
-        for k in std::mem::take(&mut self.held) {
+        for k in std::mem::take(&mut self.sent) {
             old.key(false, k);
         }
         self.current = id;
@@ -394,12 +502,14 @@ impl State {
 }
 
 /// A producer's handle on its view: draw, report damage and changes. Dropping it
-/// removes the view (viewers go back to the first view if it was shown).
+/// removes the view (viewers go back to the console if it was shown); the console's own
+/// handle is permanent.
 pub struct ViewHandle {
     domain: Arc<Domain>,
     id: ViewId,
     fb: SharedFb,
     closer: Arc<Notify>,
+    permanent: bool,
 }
 
 impl std::fmt::Debug for ViewHandle {
@@ -432,6 +542,26 @@ impl ViewHandle {
     /// Shows this view.
     pub fn show(&self) -> bool {
         self.domain.switch_to(self.id)
+    }
+
+    /// Shows this view unless a viewer switched views by hand within the policy's hold
+    /// time (someone chose what to look at; a desktop arriving does not override that).
+    /// Returns whether it is shown.
+    pub fn show_unless_held(&self) -> bool {
+        let hold = self.domain.policy.manual_hold;
+        let mut st = lock(&self.domain.state);
+        if st
+            .manual_at
+            .is_some_and(|t| t.elapsed() < hold && st.current != self.id)
+        {
+            return false;
+        }
+        st.switch_to(self.id)
+    }
+
+    /// Whether viewers see this view now.
+    pub fn is_shown(&self) -> bool {
+        lock(&self.domain.state).current == self.id
     }
 
     /// Areas that changed, for viewers to re-encode.
@@ -496,14 +626,22 @@ impl ViewHandle {
 
 impl Drop for ViewHandle {
     fn drop(&mut self) {
-        self.domain.remove_view(self.id);
+        if !self.permanent {
+            self.domain.remove_view(self.id);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::view::{Binding, NoInput};
     use std::sync::Mutex as StdMutex;
+    use std::time::Duration;
+
+    const XK_F1: u32 = 0xffbe;
+    const XK_F2: u32 = 0xffbf;
+    const XK_F7: u32 = 0xffc4;
 
     #[derive(Default)]
     struct Recorder(StdMutex<Vec<(bool, u32)>>);
@@ -516,31 +654,52 @@ mod tests {
         fn cut_text(&self, _: &[u8]) {}
     }
 
+    fn domain(policy: SwitchPolicy) -> (Arc<Domain>, ConsolePort) {
+        Domain::new(1, "vm1", Arc::new(policy), (16, 16)).unwrap()
+    }
+
+    fn console_keys(port: &mut ConsolePort) -> Vec<(bool, u32)> {
+        let mut v = Vec::new();
+        while let Ok(e) = port.input.try_recv() {
+            if let ConsoleEvent::Key { down, keysym } = e {
+                v.push((down, keysym));
+            }
+        }
+        v
+    }
+
     #[test]
     fn switching_releases_held_keys_and_tells_viewers() {
-        let d = Domain::new(1, "vm1");
-        let (_, viewer) = d.attach();
+        let (d, mut port) = domain(SwitchPolicy::default());
+        let (who, viewer) = d.attach();
         let rec = Arc::new(Recorder::default());
         let h = d.add_view(
             ViewKind::Desktop,
+            "desktop",
             Framebuffer::new(4, 4).unwrap(),
             rec.clone(),
         );
-        assert_eq!(d.current_kind(), ViewKind::Placeholder);
+        assert_eq!(d.current_kind(), ViewKind::Console);
+        assert_eq!(d.current().name, "vm1 \u{2014} console");
         assert!(h.show());
         assert!(lock(&viewer.state).view_changed);
         assert_eq!(d.current().name, "vm1 \u{2014} desktop");
-        d.key(true, XK_CONTROL_L);
-        d.key(true, 0x61);
-        d.key(false, 0x61);
-        // Ctrl-Alt-F1 goes back to the placeholder; ctrl and alt are released on the desktop.
-        d.key(true, XK_ALT_L);
-        d.key(true, XK_F1);
-        assert_eq!(d.current_kind(), ViewKind::Placeholder);
+        d.key(who, true, XK_CONTROL_L);
+        d.key(who, true, 0x61);
+        d.key(who, false, 0x61);
+        // Ctrl-Alt-F1 goes back to the console; ctrl and alt are released on the desktop.
+        d.key(who, true, XK_ALT_L);
+        d.key(who, true, XK_F1);
+        assert_eq!(d.current_kind(), ViewKind::Console);
         let got = rec.0.lock().unwrap().clone();
         assert_eq!(
-            &got[..3],
-            &[(true, XK_CONTROL_L), (true, 0x61), (false, 0x61)]
+            &got[..4],
+            &[
+                (true, XK_CONTROL_L),
+                (true, 0x61),
+                (false, 0x61),
+                (true, XK_ALT_L)
+            ]
         );
         let mut released: Vec<_> = got[4..].to_vec();
         released.sort();
@@ -549,22 +708,105 @@ mod tests {
             !got.iter().any(|k| k.1 == XK_F1),
             "the binding is swallowed"
         );
-        // Ctrl-Alt-F7 (keys held again on the placeholder) back to the desktop.
-        d.key(true, XK_CONTROL_L);
-        d.key(true, XK_ALT_L);
-        d.key(true, XK_F7);
+        // Still holding ctrl-alt: F7 goes straight back, and nothing reached the console
+        // (the releases of keys it never saw pressed stay out too).
+        d.key(who, false, XK_F1);
+        d.key(who, true, XK_F7);
         assert_eq!(d.current_kind(), ViewKind::Desktop);
-        // The desktop going away brings the placeholder back.
+        d.key(who, false, XK_F7);
+        d.key(who, false, XK_CONTROL_L);
+        d.key(who, false, XK_ALT_L);
+        assert_eq!(console_keys(&mut port), vec![]);
+        // The desktop going away brings the console back.
         drop(h);
-        assert_eq!(d.current_kind(), ViewKind::Placeholder);
+        assert_eq!(d.current_kind(), ViewKind::Console);
+        d.key(who, true, 0x62);
+        assert_eq!(console_keys(&mut port), vec![(true, 0x62)]);
+    }
+
+    #[test]
+    fn configured_bindings_reach_named_views() {
+        let mut p = SwitchPolicy::default();
+        p.bindings
+            .push(Binding::parse("ctrl-alt-f2", Target::Named("mon".into())).unwrap());
+        let (d, _port) = domain(p);
+        let (who, _) = d.attach();
+        let _mon = d.add_view(
+            ViewKind::Upstream,
+            "mon",
+            Framebuffer::new(4, 4).unwrap(),
+            Arc::new(NoInput),
+        );
+        d.key(who, true, XK_CONTROL_R);
+        d.key(who, true, XK_ALT_R);
+        d.key(who, true, XK_F7);
+        assert_eq!(
+            d.current_kind(),
+            ViewKind::Console,
+            "no desktop: nothing to switch to"
+        );
+        d.key(who, true, XK_F2);
+        assert_eq!(d.current_kind(), ViewKind::Upstream);
+        assert_eq!(d.current().name, "vm1 \u{2014} mon");
+        assert_eq!(d.slots(), vec!["console", "mon"]);
+    }
+
+    #[test]
+    fn a_desktop_waits_after_a_switch_by_hand() {
+        let p = SwitchPolicy {
+            manual_hold: Duration::from_secs(3600),
+            ..SwitchPolicy::default()
+        };
+        let (d, _port) = domain(p);
+        let (who, _) = d.attach();
+        let fb = || Framebuffer::new(4, 4).unwrap();
+        let h = d.add_view(ViewKind::Desktop, "desktop", fb(), Arc::new(NoInput));
+        assert!(
+            h.show_unless_held(),
+            "nobody switched by hand: the desktop takes over"
+        );
+        d.key(who, true, XK_CONTROL_L);
+        d.key(who, true, XK_ALT_L);
+        d.key(who, true, XK_F1);
+        assert_eq!(d.current_kind(), ViewKind::Console);
+        drop(h);
+        let h2 = d.add_view(ViewKind::Desktop, "desktop", fb(), Arc::new(NoInput));
+        assert!(!h2.show_unless_held(), "switched by hand a moment ago");
+        assert_eq!(d.current_kind(), ViewKind::Console);
+        // With no hold the desktop takes over at once.
+        let (d, _port) = domain(SwitchPolicy {
+            manual_hold: Duration::ZERO,
+            ..SwitchPolicy::default()
+        });
+        let (who, _) = d.attach();
+        d.key(who, true, XK_CONTROL_L);
+        d.key(who, true, XK_ALT_L);
+        d.key(who, true, XK_F1);
+        let h = d.add_view(ViewKind::Desktop, "desktop", fb(), Arc::new(NoInput));
+        assert!(h.show_unless_held());
+    }
+
+    #[test]
+    fn a_leaving_viewer_releases_its_keys_and_held_keys_are_bounded() {
+        let (d, mut port) = domain(SwitchPolicy::default());
+        let (who, _) = d.attach();
+        for k in 0..1000u32 {
+            d.key(who, true, 0x100 + k);
+        }
+        assert_eq!(console_keys(&mut port).len(), MAX_HELD_KEYS);
+        d.detach(who);
+        let released = console_keys(&mut port);
+        assert_eq!(released.len(), MAX_HELD_KEYS);
+        assert!(released.iter().all(|k| !k.0));
     }
 
     #[test]
     fn damage_reaches_viewers_of_the_current_view_only() {
-        let d = Domain::new(1, "vm1");
+        let (d, _port) = domain(SwitchPolicy::default());
         let (vid, viewer) = d.attach();
         let h = d.add_view(
             ViewKind::Desktop,
+            "desktop",
             Framebuffer::new(8, 8).unwrap(),
             Arc::new(NoInput),
         );

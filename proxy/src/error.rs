@@ -36,6 +36,15 @@ pub enum Error {
     /// A delivered connection named a domain we are not configured to serve.
     #[error("domain {0} is not served here")]
     UnknownDomain(u16),
+    /// A console setting is out of range.
+    #[error("console config: {0}")]
+    ConsoleConfig(&'static str),
+    /// The guest side closed the console (it may come back: a reboot reopens it).
+    #[error("console closed")]
+    ConsoleClosed,
+    /// The xenstore client failed.
+    #[error("xenstore: {0}")]
+    Xenstore(String),
     /// A peer sent something that is valid RFB but not acceptable here.
     #[error("refused: {0}")]
     Refused(&'static str),

@@ -7,14 +7,15 @@
 
 pub mod config;
 pub mod console;
+pub mod console_view;
 pub mod daemon;
 pub mod domain;
 pub mod error;
-pub mod font;
 pub mod region;
 pub mod rfb;
 pub mod upstream;
 pub mod view;
 pub mod viewer;
+pub mod web;
 
 pub use error::{Error, Result};

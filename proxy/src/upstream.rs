@@ -41,6 +41,9 @@ pub struct UpstreamSettings {
     pub continuous_updates: bool,
     /// VncAuth password, if the desktop asks.
     pub password: Option<Vec<u8>>,
+    /// The view slot it feeds: "desktop" (shown when it connects), or a configured
+    /// upstream's name (shown when a binding asks for it).
+    pub slot: String,
 }
 
 /// Viewer input for the desktop: queued to the upstream's writer, dropped (and counted)
@@ -154,20 +157,26 @@ where
         tx: tx.clone(),
         dropped: AtomicU64::new(0),
     });
+    let kind = if set.slot == "desktop" {
+        ViewKind::Desktop
+    } else {
+        ViewKind::Upstream
+    };
     let view = domain.add_view(
-        ViewKind::Desktop,
+        kind,
+        &set.slot,
         Framebuffer::new(init.width, init.height)?,
         input.clone(),
     );
-    // A newer desktop replaces an older one of the same domain.
-    domain.close_others(ViewKind::Desktop, view.id());
+    // A newer desktop replaces an older one in the same slot.
+    domain.close_others(&set.slot, view.id());
     let closer = view.closer();
     let mut up = Upstream {
         view,
         tx,
         cu: set.continuous_updates,
         cu_active: false,
-        shown: false,
+        shown: kind != ViewKind::Desktop,
     };
     up.view.set_detail(&init.name);
     let mut reader = RfbReader::new(rd, DecoderLimits::default().max_rect_bytes + 4096);
@@ -263,8 +272,10 @@ impl Upstream {
                         })?;
                     }
                     if !self.shown {
+                        // The desktop takes the screen once it has drawn, unless a
+                        // viewer just chose another view by hand.
                         self.shown = true;
-                        self.view.show();
+                        self.view.show_unless_held();
                     }
                 }
                 ServerEvent::ColourMap { .. } => {
@@ -359,6 +370,7 @@ mod tests {
             encodings: vec![encoding::RAW],
             continuous_updates: false,
             password: None,
+            slot: "desktop".into(),
         };
         let e = encodings_for(&s);
         assert_eq!(e[0], encoding::RAW);

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tracing::debug;
 
-use crate::domain::{lock, Domain, ViewId, ViewerShared};
+use crate::domain::{lock, Domain, ViewId, ViewerId, ViewerShared};
 use crate::error::{Error, Result};
 use crate::region::Region;
 use crate::rfb::client_msg::Screen;
@@ -98,7 +98,7 @@ where
         letterbox: None,
         buf: Vec::new(),
     };
-    let reader = read_loop(rd, &domain, &from, &shared, set.limits);
+    let reader = read_loop(rd, &domain, id, &from, &shared, set.limits);
     let writer = async {
         loop {
             if !w.round(&domain, &from, &shared).await? {
@@ -123,6 +123,7 @@ impl Drop for Detach<'_> {
 async fn read_loop<R: AsyncRead + Unpin>(
     rd: R,
     domain: &Domain,
+    who: ViewerId,
     from: &Mutex<FromClient>,
     shared: &ViewerShared,
     limits: ClientLimits,
@@ -157,8 +158,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 s.full |= !incremental;
                 Ok(())
             })?,
-            ClientMessage::KeyEvent { down, key } => domain.key(down, key),
-            ClientMessage::QemuKeyEvent { down, keysym, .. } => domain.key(down, keysym),
+            ClientMessage::KeyEvent { down, key } => domain.key(who, down, key),
+            ClientMessage::QemuKeyEvent { down, keysym, .. } => domain.key(who, down, keysym),
             ClientMessage::PointerEvent { buttons, x, y } => domain.pointer(buttons, x, y),
             ClientMessage::ClientCutText(t) => domain.cut_text(&t),
             ClientMessage::EnableContinuousUpdates { enable, .. } => poke(&mut |s| {

@@ -78,7 +78,7 @@ async fn until(
         while !done(c) {
             match pump(src, c, None, PumpLimits::default()).await {
                 Ok(_) => {}
-                Err(Error::Closed) => return done(c),
+                Err(Error::ConsoleClosed) => return done(c),
                 Err(e) => panic!("{e}"),
             }
             let replies = c.take_replies();

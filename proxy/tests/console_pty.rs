@@ -170,7 +170,7 @@ fn spewing_console_does_not_starve_another() {
                             }
                         }
                     }
-                    Err(Error::Closed) => return n,
+                    Err(Error::ConsoleClosed) => return n,
                     Err(e) => panic!("{e}"),
                 }
             }
@@ -239,7 +239,10 @@ fn unix_socket_source_and_input() {
         assert_eq!(got, b"\x1b[1;8Rroot\r");
         // The peer hung up.
         let mut buf = [0u8; 16];
-        assert!(matches!(src.read(&mut buf).await, Err(Error::Closed)));
+        assert!(matches!(
+            src.read(&mut buf).await,
+            Err(Error::ConsoleClosed)
+        ));
     });
 }
 
@@ -256,7 +259,7 @@ fn pty_hangup_is_closed() {
         drop(master);
         let mut c = Console::new(&ConsoleConfig::default()).unwrap();
         let r = pump(&mut src, &mut c, None, PumpLimits::default()).await;
-        assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+        assert!(matches!(r, Err(Error::ConsoleClosed)), "{r:?}");
     });
 }
 

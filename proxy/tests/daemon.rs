@@ -1,4 +1,4 @@
-//! The daemon as a process, with scripted peers only: startup checks, the placeholder,
+//! The daemon as a process, with scripted peers only: startup checks, the console,
 //! a hostile desktop, VncAuth, viewers without resize support and a clean SIGTERM.
 
 mod common;
@@ -11,7 +11,6 @@ use tokio::net::TcpStream;
 use xenvt_proxy::rfb::encoding::*;
 use xenvt_proxy::rfb::handshake::{server_handshake, ServerConfig, ServerInit};
 use xenvt_proxy::rfb::{ClientMessage, PixelFormat, Rect, UpdateWriter};
-use xenvt_proxy::view::{placeholder, PLACEHOLDER_SIZE};
 
 fn base_config(extra: &str) -> String {
     format!("[[domain]]\ndomid = 1\nname = \"vm1\"\nport = 0\n[reverse]\ndomid = 1\nlisten = \"127.0.0.1:0\"\n{extra}")
@@ -71,12 +70,9 @@ async fn placeholder_desktop_and_a_bad_desktop() {
     let dir = tempfile::tempdir().unwrap();
     let p = Proxy::start(dir.path(), &base_config(""));
     let mut v = TestViewer::connect(&p.viewer_addr(1), MODERN, None).await;
-    assert_eq!(v.name, "vm1 \u{2014} no desktop");
-    assert_eq!(v.size(), PLACEHOLDER_SIZE);
-    v.until("the placeholder", |v| {
-        v.pixels() == placeholder("vm1").pixels()
-    })
-    .await;
+    assert_eq!(v.name, "vm1 \u{2014} console");
+    assert_eq!(v.size(), CONSOLE_SIZE);
+    v.until("the console", is_console).await;
 
     // A desktop arrives: the viewer is resized to it and sees its pixels and name.
     let rev = p.reverse.clone().unwrap();
@@ -85,15 +81,12 @@ async fn placeholder_desktop_and_a_bad_desktop() {
         .await;
     assert_eq!(v.name, "vm1 \u{2014} desktop (fake)");
     drop(good);
-    v.until("the placeholder again", |v| {
-        v.size() == PLACEHOLDER_SIZE && v.pixels() == placeholder("vm1").pixels()
-    })
-    .await;
+    v.until("the console again", is_console).await;
 
     // A desktop that sends garbage after a good frame is dropped; the viewer stays.
     let bad = fake_desktop(&rev, 32, 32, 0xff0000, &[77, 1, 2, 3]).await;
-    v.until("the bad desktop's frame, then the placeholder", |v| {
-        v.size() == PLACEHOLDER_SIZE && v.name.ends_with("no desktop")
+    v.until("the bad desktop's frame, then the console", |v| {
+        is_console(v)
     })
     .await;
     drop(bad);
@@ -104,8 +97,8 @@ async fn placeholder_desktop_and_a_bad_desktop() {
     outside.extend_from_slice(&[0; 40]);
     upd.finish(&mut outside);
     let _bad2 = fake_desktop(&rev, 64, 48, 0x0000ff, &outside).await;
-    v.until("the placeholder after an out-of-bounds rectangle", |v| {
-        v.size() == PLACEHOLDER_SIZE && v.name.ends_with("no desktop")
+    v.until("the console after an out-of-bounds rectangle", |v| {
+        is_console(v)
     })
     .await;
     // The viewer's session survived all of it.
@@ -126,15 +119,11 @@ async fn viewer_without_resize_support_is_letterboxed() {
     })
     .await;
     let fb = v.dec.framebuffer();
-    assert_eq!(
-        v.size(),
-        PLACEHOLDER_SIZE,
-        "the viewer keeps its first size"
-    );
+    assert_eq!(v.size(), CONSOLE_SIZE, "the viewer keeps its first size");
     assert_eq!(fb.get(63, 47), Some(0x123456));
     assert_eq!(fb.get(64, 0), Some(0), "black beyond the desktop");
     assert_eq!(fb.get(0, 48), Some(0));
-    assert_eq!(fb.get(799, 599), Some(0));
+    assert_eq!(fb.get(639, 399), Some(0));
 }
 
 #[tokio::test]
@@ -197,7 +186,7 @@ async fn set_desktop_size_is_answered_and_fences_echoed() {
         }
     }
     assert!(saw_reply);
-    assert_eq!(v.size(), PLACEHOLDER_SIZE);
+    assert_eq!(v.size(), CONSOLE_SIZE);
     v.send(ClientMessage::Fence {
         flags: (1 << 31) | 1,
         payload: vec![9, 8, 7],

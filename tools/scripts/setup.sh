@@ -12,8 +12,10 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 # X clients that draw on it and check what a viewer typed, for the tests against real peers.
 # python3-venv: a venv for vncdotool, a real VNC viewer from PyPI.
 # procps, less, vim: real full-screen programs the console view must render.
+# chromium: a real browser for noVNC; tigervnc-viewer, xvfb, x11-apps: TigerVNC's viewer in a
+# virtual X server, and xwd to capture its screen.
 for pkg in xenstore-utils tigervnc-standalone-server x11-xserver-utils xterm xdotool x11-utils \
-  python3-venv procps less vim; do
+  python3-venv procps less vim chromium tigervnc-viewer xvfb x11-apps; do
   have "$pkg" || need_apt+=("$pkg")
 done
 
@@ -31,6 +33,19 @@ if [ ! -x "$venv/bin/vncdo" ]; then
   mkdir -p target
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q vncdotool
+fi
+
+# noVNC and a browser driver for it, in the build directory (the web tests look for them there).
+if ! command -v npm >/dev/null; then
+  echo "setup: installing nodejs and npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+peers=target/web-peers
+if [ ! -d "$peers/node_modules/@novnc/novnc" ] || [ ! -d "$peers/node_modules/playwright-core" ]; then
+  echo "setup: installing noVNC and playwright-core into $peers"
+  mkdir -p "$peers"
+  (cd "$peers" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund playwright-core @novnc/novnc >/dev/null)
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -31,7 +31,13 @@ tier() {
   fi
 }
 
-tier "cargo test" cargo test --workspace --locked
+# The multi-process tests run the daemons' binaries, which `cargo test` of another package
+# does not build: build every binary first.
+cargo_test() {
+  cargo build --workspace --bins --locked || return 1
+  cargo test --workspace --locked
+}
+tier "cargo test" cargo_test
 
 # loom rebuilds the ring crate under its own cfg; a separate target dir keeps the main cache warm.
 tier "loom" env RUSTFLAGS="--cfg xenvt_loom" CARGO_TARGET_DIR=target/loom \

@@ -23,8 +23,23 @@ impl SimHost {
     /// Starts a host with the `xenvt` binary `exe` and waits until it is ready (it
     /// prints a `ready` line once its sockets are bound).
     pub async fn start(exe: &Path, extra_args: &[&str]) -> Result<Self, SimError> {
+        Self::start_with(exe, extra_args, false).await
+    }
+
+    /// As [`SimHost::start`]; with `own_group` the host gets a process group of its
+    /// own, so a ctrl-c on the terminal reaches only the caller, which then stops
+    /// the host in its own time.
+    pub async fn start_with(
+        exe: &Path,
+        extra_args: &[&str],
+        own_group: bool,
+    ) -> Result<Self, SimError> {
         let dir = tempfile::Builder::new().prefix("xenvt-sim-").tempdir()?;
-        let mut child = Command::new(exe)
+        let mut cmd = Command::new(exe);
+        if own_group {
+            cmd.process_group(0);
+        }
+        let mut child = cmd
             .arg("sim")
             .arg("run")
             .arg("--dir")

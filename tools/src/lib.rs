@@ -1,7 +1,8 @@
-//! The `xenvt` command's logic: the simulated Xen host, the smoke run, benchmarks.
+//! The `xenvt` command's logic: the simulated Xen host, the smoke run, the demo, benchmarks.
 
 pub mod bench;
 pub mod chan;
+pub mod demo;
 pub mod harness;
 pub mod pattern;
 pub mod sim;

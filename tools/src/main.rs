@@ -32,6 +32,9 @@ enum Cmd {
     /// Starts a private simulated host and moves checked data both ways between a
     /// guest process and a dom0 process.
     Smoke(xenvt::smoke::SmokeArgs),
+    /// The whole chain on a private simulated host: two guests with consoles and
+    /// desktops, the backend and the proxy, for viewers to look at.
+    Demo(xenvt::demo::DemoArgs),
     /// Benchmarks; each prints `ratio NAME VALUE` lines.
     Bench {
         #[command(subcommand)]
@@ -83,11 +86,21 @@ enum SimCmd {
 enum BenchCmd {
     /// The channel between two processes against memcpy and a unix socket pair.
     Ring(xenvt::bench::ring::RingArgs),
+    /// The transport end to end (TCP -> agent -> channel -> backend -> unix)
+    /// against loopback TCP and a relay chain.
+    Tunnel(xenvt::bench::tunnel::TunnelArgs),
+    /// A plain relay process (internal, for `bench tunnel`).
+    #[command(hide = true)]
+    Relay(xenvt::bench::tunnel::relay::RelayArgs),
     /// A viewer straight on Xvnc against the same viewer through xenvt-proxy.
     Proxy(xenvt::bench::proxy::ProxyArgs),
     /// A process end of a benchmark (internal).
     #[command(hide = true)]
     Peer(xenvt::bench::peer::PeerArgs),
+    /// A test peer that publishes a channel like an agent and breaks the stream
+    /// protocol on purpose (internal, for tests).
+    #[command(hide = true)]
+    HostileAgent(xenvt::bench::tunnel::hostile::HostileArgs),
 }
 
 fn main() -> ExitCode {
@@ -120,10 +133,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Sim { dir, cmd } => sim(dir.unwrap_or_else(xenvt::sim::default_dir), cmd).await,
         Cmd::Chan(a) => xenvt::chan::run(a).await,
         Cmd::Smoke(a) => xenvt::smoke::run(a).await,
+        Cmd::Demo(a) => xenvt::demo::run(a).await,
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
             BenchCmd::Proxy(a) => xenvt::bench::proxy::run(a).await,
             BenchCmd::Peer(a) => xenvt::bench::peer::run(a).await,
+            BenchCmd::Tunnel(a) => xenvt::bench::tunnel::run(a).await,
+            BenchCmd::Relay(a) => xenvt::bench::tunnel::relay::run(a).await,
+            BenchCmd::HostileAgent(a) => xenvt::bench::tunnel::hostile::run(a).await,
         },
     }
 }

@@ -19,10 +19,15 @@ pub struct ConsoleLog {
     size: u64,
     max_bytes: u64,
     keep: u32,
+    /// A write failed: the log is off from then on (one error, not one per write).
+    broken: bool,
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { what, source }
+    move |source| Error::Io {
+        what: what.into(),
+        source,
+    }
 }
 
 fn open(path: &Path) -> Result<File> {
@@ -39,10 +44,10 @@ impl ConsoleLog {
     /// (at least 1) rotated files are kept beside it.
     pub fn open(path: impl Into<PathBuf>, max_bytes: u64, keep: u32) -> Result<Self> {
         if max_bytes == 0 {
-            return Err(Error::Config("log max_bytes must be positive"));
+            return Err(Error::ConsoleConfig("log max_bytes must be positive"));
         }
         if keep == 0 {
-            return Err(Error::Config("log keep must be positive"));
+            return Err(Error::ConsoleConfig("log keep must be positive"));
         }
         let path = path.into();
         let file = open(&path)?;
@@ -53,6 +58,7 @@ impl ConsoleLog {
             size,
             max_bytes,
             keep,
+            broken: false,
         })
     }
 
@@ -81,8 +87,18 @@ impl ConsoleLog {
         Ok(())
     }
 
-    /// Appends console output, rotating as needed.
-    pub fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+    /// Appends console output, rotating as needed. After the first error the log is off
+    /// and further writes do nothing.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.broken {
+            return Ok(());
+        }
+        let r = self.append(bytes);
+        self.broken = r.is_err();
+        r
+    }
+
+    fn append(&mut self, mut bytes: &[u8]) -> Result<()> {
         while !bytes.is_empty() {
             if self.size >= self.max_bytes {
                 self.rotate()?;
@@ -144,7 +160,13 @@ mod tests {
     fn bad_config() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x");
-        assert!(matches!(ConsoleLog::open(&p, 0, 1), Err(Error::Config(_))));
-        assert!(matches!(ConsoleLog::open(&p, 1, 0), Err(Error::Config(_))));
+        assert!(matches!(
+            ConsoleLog::open(&p, 0, 1),
+            Err(Error::ConsoleConfig(_))
+        ));
+        assert!(matches!(
+            ConsoleLog::open(&p, 1, 0),
+            Err(Error::ConsoleConfig(_))
+        ));
     }
 }

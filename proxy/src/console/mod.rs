@@ -31,31 +31,7 @@ pub const MAX_TITLE: usize = 256;
 /// Most bytes of pending replies to terminal queries kept for the guest.
 pub const MAX_REPLIES: usize = 4096;
 
-/// Why a console could not be made or run.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A configuration value is out of range.
-    #[error("console config: {0}")]
-    Config(&'static str),
-    /// The framebuffer could not be sized for the grid.
-    #[error("console framebuffer: {0}")]
-    Framebuffer(#[from] crate::rfb::Error),
-    /// Reading, writing or opening the console source or log failed.
-    #[error("console {what}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The guest side closed the console.
-    #[error("console closed")]
-    Closed,
-}
-
-/// Result with this module's [`Error`].
-pub type Result<T> = std::result::Result<T, Error>;
+pub use crate::error::{Error, Result};
 
 /// How a console looks and behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,13 +61,13 @@ impl ConsoleConfig {
     /// Checks the ranges.
     pub fn validate(&self) -> Result<()> {
         if !(1..=MAX_COLS).contains(&self.cols) {
-            return Err(Error::Config("cols out of range"));
+            return Err(Error::ConsoleConfig("cols out of range"));
         }
         if !(1..=MAX_ROWS).contains(&self.rows) {
-            return Err(Error::Config("rows out of range"));
+            return Err(Error::ConsoleConfig("rows out of range"));
         }
         if self.scrollback > MAX_SCROLLBACK {
-            return Err(Error::Config("scrollback too large"));
+            return Err(Error::ConsoleConfig("scrollback too large"));
         }
         Ok(())
     }

@@ -30,7 +30,10 @@ pub enum ConsoleSource {
 }
 
 fn io(what: &'static str) -> impl FnOnce(io::Error) -> Error {
-    move |source| Error::Io { what, source }
+    move |source| Error::Io {
+        what: what.into(),
+        source,
+    }
 }
 
 /// End of input on a pty shows as EIO once the other side has closed.
@@ -48,18 +51,18 @@ impl ConsoleSource {
             Mode::empty(),
         )
         .map_err(|e| Error::Io {
-            what: "pty open",
+            what: "pty open".into(),
             source: e.into(),
         })?;
         // SAFETY: `open` just returned this descriptor and nothing else owns it.
         let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let mut t = termios::tcgetattr(fd.as_fd()).map_err(|e| Error::Io {
-            what: "tcgetattr",
+            what: "tcgetattr".into(),
             source: e.into(),
         })?;
         termios::cfmakeraw(&mut t);
         termios::tcsetattr(fd.as_fd(), termios::SetArg::TCSANOW, &t).map_err(|e| Error::Io {
-            what: "tcsetattr",
+            what: "tcsetattr".into(),
             source: e.into(),
         })?;
         Self::from_fd(fd)
@@ -69,18 +72,18 @@ impl ConsoleSource {
     /// terminal modes are left alone.
     pub fn from_fd(fd: OwnedFd) -> Result<Self> {
         let flags = fcntl::fcntl(fd.as_raw_fd(), fcntl::F_GETFL).map_err(|e| Error::Io {
-            what: "fcntl",
+            what: "fcntl".into(),
             source: e.into(),
         })?;
         let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
         fcntl::fcntl(fd.as_raw_fd(), fcntl::F_SETFL(flags)).map_err(|e| Error::Io {
-            what: "fcntl",
+            what: "fcntl".into(),
             source: e.into(),
         })?;
         // SAFETY: the `File` owns the descriptor and keeps it open and unchanged until the
         // `AsyncFd` (its only owner) is dropped or unwrapped.
         let afd = unsafe { AsyncFd::register(std::fs::File::from(fd)) }.map_err(|e| Error::Io {
-            what: "register fd",
+            what: "register fd".into(),
             source: e.into(),
         })?;
         Ok(ConsoleSource::Fd(afd))
@@ -93,7 +96,27 @@ impl ConsoleSource {
         ))
     }
 
-    /// Waits for and reads some bytes; [`Error::Closed`] at end of input.
+    /// A second handle on the same console, for a writer task: typed input then never
+    /// waits behind (or blocks) the reading and rendering.
+    pub fn try_clone(&self) -> Result<Self> {
+        let fd = match self {
+            ConsoleSource::Fd(afd) => afd.get_ref().as_fd().try_clone_to_owned(),
+            ConsoleSource::Unix(s) => s.as_fd().try_clone_to_owned(),
+        }
+        .map_err(io("dup"))?;
+        match self {
+            ConsoleSource::Fd(_) => Self::from_fd(fd),
+            ConsoleSource::Unix(_) => {
+                let s = std::os::unix::net::UnixStream::from(fd);
+                s.set_nonblocking(true).map_err(io("fcntl"))?;
+                Ok(ConsoleSource::Unix(
+                    UnixStream::from_std(s).map_err(io("register fd"))?,
+                ))
+            }
+        }
+    }
+
+    /// Waits for and reads some bytes; [`Error::ConsoleClosed`] at end of input.
     pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
         loop {
             match self {
@@ -134,12 +157,12 @@ impl ConsoleSource {
                 while !bytes.is_empty() {
                     let mut guard = afd.writable().await.map_err(io("poll"))?;
                     match guard.try_io(|f| f.get_ref().write(bytes)) {
-                        Ok(Ok(0)) => return Err(Error::Closed),
+                        Ok(Ok(0)) => return Err(Error::ConsoleClosed),
                         Ok(Ok(n)) => bytes = &bytes[n..],
-                        Ok(Err(e)) if closed(&e) => return Err(Error::Closed),
+                        Ok(Err(e)) if closed(&e) => return Err(Error::ConsoleClosed),
                         Ok(Err(e)) => {
                             return Err(Error::Io {
-                                what: "write",
+                                what: "write".into(),
                                 source: e,
                             })
                         }
@@ -150,10 +173,10 @@ impl ConsoleSource {
             }
             ConsoleSource::Unix(s) => s.write_all(bytes).await.map_err(|e| {
                 if e.kind() == io::ErrorKind::BrokenPipe {
-                    Error::Closed
+                    Error::ConsoleClosed
                 } else {
                     Error::Io {
-                        what: "write",
+                        what: "write".into(),
                         source: e,
                     }
                 }
@@ -164,11 +187,13 @@ impl ConsoleSource {
 
 fn done(r: io::Result<usize>) -> Result<usize> {
     match r {
-        Ok(0) => Err(Error::Closed),
+        Ok(0) => Err(Error::ConsoleClosed),
         Ok(n) => Ok(n),
-        Err(e) if closed(&e) || e.kind() == io::ErrorKind::ConnectionReset => Err(Error::Closed),
+        Err(e) if closed(&e) || e.kind() == io::ErrorKind::ConnectionReset => {
+            Err(Error::ConsoleClosed)
+        }
         Err(e) => Err(Error::Io {
-            what: "read",
+            what: "read".into(),
             source: e,
         }),
     }
@@ -205,18 +230,20 @@ pub async fn pump(
     let chunk = limits.chunk.clamp(1, 1 << 20);
     let mut buf = vec![0u8; chunk];
     let mut total = src.read(&mut buf).await?;
-    let mut take = |bytes: &[u8], log: &mut Option<&mut ConsoleLog>| -> Result<()> {
+    let mut take = |bytes: &[u8], log: &mut Option<&mut ConsoleLog>| {
         console.feed(bytes);
-        match log {
-            Some(l) => l.write(bytes),
-            None => Ok(()),
+        if let Some(l) = log {
+            // A failing log (a full disk) costs the log, not the console; it says so once.
+            if let Err(e) = l.write(bytes) {
+                tracing::warn!("console log {} stopped: {e}", l.path().display());
+            }
         }
     };
-    take(&buf[..total], &mut log)?;
+    take(&buf[..total], &mut log);
     while total < limits.budget {
         match src.try_read(&mut buf)? {
             Some(n) => {
-                take(&buf[..n], &mut log)?;
+                take(&buf[..n], &mut log);
                 total += n;
             }
             None => return Ok(total),

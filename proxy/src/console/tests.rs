@@ -76,7 +76,7 @@ fn config_is_checked() {
         },
     ] {
         assert!(
-            matches!(Console::new(&bad), Err(Error::Config(_))),
+            matches!(Console::new(&bad), Err(Error::ConsoleConfig(_))),
             "{bad:?}"
         );
     }

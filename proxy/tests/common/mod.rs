@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod guest;
+pub mod image;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -53,29 +56,43 @@ pub struct Proxy {
     pub viewers: Vec<(u16, String)>,
     pub reverse: Option<String>,
     pub backend: Option<PathBuf>,
+    /// Other ready lines (`web addr=...`).
+    pub extra: Vec<String>,
+    /// Lines printed after `ready` (domains found later: `viewers domain=N ...`).
+    pub later: std::sync::mpsc::Receiver<String>,
 }
 
 impl Proxy {
     /// Starts the daemon with `config` written into `dir` and waits for its ready line.
     pub fn start(dir: &Path, config: &str) -> Proxy {
+        Proxy::start_env(dir, config, &[])
+    }
+
+    /// [`Proxy::start`] with extra environment (`XENSTORED_PATH`, say).
+    pub fn start_env(dir: &Path, config: &str, env: &[(&str, &Path)]) -> Proxy {
         let cfg = dir.join("proxy.toml");
         std::fs::write(&cfg, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_xenvt-proxy"))
             .arg("--config")
             .arg(&cfg)
             .env("XENVT_LOG", "xenvt_proxy=info")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn xenvt-proxy");
         let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, later) = std::sync::mpsc::channel();
         let mut p = Proxy {
             child,
             viewers: Vec::new(),
             reverse: None,
             backend: None,
+            extra: Vec::new(),
+            later,
         };
-        for line in out.lines() {
+        let mut lines = out.lines();
+        for line in lines.by_ref() {
             let line = line.expect("proxy stdout");
             let Some(rest) = line.strip_prefix("xenvt-proxy: ") else {
                 continue;
@@ -85,6 +102,15 @@ impl Proxy {
                     .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_owned))
             };
             if rest == "ready" {
+                // Keep reading: later lines go to `later`, and the daemon never
+                // writes into a closed pipe.
+                std::thread::spawn(move || {
+                    for l in lines.map_while(Result::ok) {
+                        if let Some(rest) = l.strip_prefix("xenvt-proxy: ") {
+                            let _ = tx.send(rest.to_owned());
+                        }
+                    }
+                });
                 return p;
             } else if rest.starts_with("viewers ") {
                 p.viewers
@@ -93,6 +119,8 @@ impl Proxy {
                 p.reverse = kv("addr");
             } else if rest.starts_with("backend ") {
                 p.backend = kv("path").map(PathBuf::from);
+            } else {
+                p.extra.push(rest.to_owned());
             }
         }
         panic!("xenvt-proxy exited before it was ready");
@@ -104,6 +132,31 @@ impl Proxy {
             .find(|v| v.0 == domid)
             .map(|v| v.1.clone())
             .expect("domain listener")
+    }
+
+    /// The viewer address of `domid`, waiting for the daemon to announce it if it
+    /// has not yet (a domain that appears after startup).
+    pub fn wait_viewers(&mut self, domid: u16) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(v) = self.viewers.iter().rev().find(|v| v.0 == domid) {
+                return v.1.clone();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .later
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no viewer port for domain {domid}"));
+            if let Some(rest) = line.strip_prefix("viewers ") {
+                let kv = |k: &str| {
+                    rest.split(' ')
+                        .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_owned))
+                };
+                if let (Some(d), Some(a)) = (kv("domain"), kv("addr")) {
+                    self.viewers.push((d.parse().unwrap(), a));
+                }
+            }
+        }
     }
 
     /// SIGTERM, then the exit status.
@@ -212,6 +265,8 @@ pub struct TestViewer {
 impl TestViewer {
     pub async fn connect(addr: &str, encodings: &[i32], password: Option<&[u8]>) -> TestViewer {
         let mut s = TcpStream::connect(addr).await.expect("connect to proxy");
+        // As real viewers do: small messages (keys) go at once, not after an ACK.
+        s.set_nodelay(true).unwrap();
         let cfg = ClientConfig {
             password: password.map(<[u8]>::to_vec),
             ..ClientConfig::default()
@@ -325,4 +380,12 @@ pub const MODERN: &[i32] = &[
 
 pub fn rect(w: u16, h: u16) -> Rect {
     Rect::new(0, 0, w, h)
+}
+
+/// The console view's size with the default 80x25 grid of 8x16 cells.
+pub const CONSOLE_SIZE: (u16, u16) = (640, 400);
+
+/// The viewer shows the console view.
+pub fn is_console(v: &TestViewer) -> bool {
+    v.size() == CONSOLE_SIZE && v.name.ends_with("\u{2014} console")
 }

@@ -7,6 +7,7 @@
 pub mod peer;
 pub mod proxy;
 pub mod ring;
+pub mod tunnel;
 
 use serde::{Deserialize, Serialize};
 

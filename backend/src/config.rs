@@ -1,0 +1,356 @@
+//! The backend's TOML configuration, checked as a whole before anything starts.
+//!
+//! ```toml
+//! run_dir = "/run/xenvt"        # per-guest socket directories go here
+//! channel_path = "data/xenvt"   # where agents publish, under each guest's home
+//! # domains = ["vm1", "7"]      # names or ids; absent = every domain
+//!
+//! [services.vnc]
+//! deliver = "/run/xenvt-proxy/vnc.sock"  # guest -> dom0: connect here, PROXY v2 first
+//! listen = true                          # dom0 -> guest: <run_dir>/<domain>/vnc.sock
+//!
+//! [guests.vm1]
+//! group = "xenvt"               # vm1's sockets: directory 0750, sockets 0660, this group
+//!
+//! [limits]
+//! max_streams = 256
+//! stream_buf = 262144
+//! hello_timeout_secs = 5
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The default socket directory.
+pub const DEFAULT_RUN_DIR: &str = "/run/xenvt";
+
+/// The checked configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Where the config came from, for messages.
+    pub source: Option<PathBuf>,
+    /// Root of the per-guest socket directories.
+    pub run_dir: PathBuf,
+    /// Agents' xenstore path, relative to each guest's home.
+    pub channel_path: String,
+    /// The guests to serve; `None`: all.
+    pub domains: Option<Vec<DomainSel>>,
+    /// Services by name.
+    pub services: BTreeMap<String, Service>,
+    /// Per-guest options, by domain name.
+    pub guests: BTreeMap<String, GuestOpts>,
+    /// Streams per guest.
+    pub max_streams: u32,
+    /// Receive buffer (credit) per stream.
+    pub stream_buf: u32,
+    /// How long an agent has to answer our HELLO.
+    pub hello_timeout: Duration,
+}
+
+/// A guest selected by id or by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DomainSel {
+    /// By domain id.
+    Id(u16),
+    /// By domain name.
+    Name(String),
+}
+
+/// What the backend does for one service name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// guest -> dom0: the unix socket streams for this service are delivered to.
+    pub deliver: Option<PathBuf>,
+    /// dom0 -> guest: listen on `<run_dir>/<domain>/<service>.sock` per guest.
+    pub listen: bool,
+}
+
+/// Options for one guest's sockets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestOpts {
+    /// Group given access to the guest's sockets (name, and its id resolved at load).
+    pub group: Option<(String, u32)>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    run_dir: Option<PathBuf>,
+    channel_path: Option<String>,
+    domains: Option<Vec<String>>,
+    #[serde(default)]
+    services: BTreeMap<String, RawService>,
+    #[serde(default)]
+    guests: BTreeMap<String, RawGuest>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    deliver: Option<PathBuf>,
+    #[serde(default)]
+    listen: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuest {
+    group: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_streams: Option<u32>,
+    stream_buf: Option<u32>,
+    hello_timeout_secs: Option<u64>,
+}
+
+/// Whether `s` is a safe single file-name component: 1 to 64 of
+/// `A-Z a-z 0-9 . _ -`, not starting with a dot. Service and domain names become
+/// socket paths, so nothing else is allowed there.
+pub fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn valid_rel_path(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 256 && p.split('/').all(valid_name)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_str_for(None, "").unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+    }
+}
+
+impl Config {
+    /// Reads and checks `file`.
+    pub fn load(file: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(file).map_err(|source| Error::ConfigRead {
+            file: file.to_owned(),
+            source,
+        })?;
+        Config::from_str_for(Some(file), &text)
+    }
+
+    /// Parses and checks `text`; `file` names it in errors.
+    pub fn from_str_for(file: Option<&Path>, text: &str) -> Result<Config> {
+        let bad = |problem: String| Error::Config {
+            file: file.map(Path::to_owned),
+            problem,
+        };
+        let raw: Raw = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let run_dir = raw.run_dir.unwrap_or_else(|| DEFAULT_RUN_DIR.into());
+        if !run_dir.is_absolute() {
+            return Err(bad(format!(
+                "run_dir {} must be absolute",
+                run_dir.display()
+            )));
+        }
+        let channel_path = raw.channel_path.unwrap_or_else(|| "data/xenvt".into());
+        if !valid_rel_path(&channel_path) {
+            return Err(bad(format!(
+                "channel_path {channel_path:?} must be a relative xenstore path of plain components"
+            )));
+        }
+        let domains = raw.domains.map(|v| {
+            v.into_iter()
+                .map(|s| match s.parse::<u16>() {
+                    Ok(id) => DomainSel::Id(id),
+                    Err(_) => DomainSel::Name(s),
+                })
+                .collect()
+        });
+        let mut services = BTreeMap::new();
+        for (name, s) in raw.services {
+            if !valid_name(&name) {
+                return Err(bad(format!(
+                    "service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')"
+                )));
+            }
+            if let Some(d) = &s.deliver {
+                if !d.is_absolute() {
+                    return Err(bad(format!(
+                        "services.{name}.deliver {} must be an absolute socket path",
+                        d.display()
+                    )));
+                }
+            }
+            if s.deliver.is_none() && !s.listen {
+                return Err(bad(format!(
+                    "services.{name} neither delivers (deliver = PATH) nor listens (listen = true)"
+                )));
+            }
+            services.insert(
+                name,
+                Service {
+                    deliver: s.deliver,
+                    listen: s.listen,
+                },
+            );
+        }
+        let mut guests = BTreeMap::new();
+        for (name, g) in raw.guests {
+            let group = match g.group {
+                None => None,
+                Some(gname) => {
+                    let gid = match nix::unistd::Group::from_name(&gname) {
+                        Ok(Some(gr)) => gr.gid.as_raw(),
+                        Ok(None) => {
+                            return Err(bad(format!(
+                                "guests.{name}.group: no group named {gname:?}"
+                            )))
+                        }
+                        Err(e) => return Err(bad(format!("guests.{name}.group {gname:?}: {e}"))),
+                    };
+                    Some((gname, gid))
+                }
+            };
+            guests.insert(name, GuestOpts { group });
+        }
+        let max_streams = raw.limits.max_streams.unwrap_or(256);
+        if !(1..=65536).contains(&max_streams) {
+            return Err(bad(format!(
+                "limits.max_streams {max_streams} is outside 1..=65536"
+            )));
+        }
+        let stream_buf = raw.limits.stream_buf.unwrap_or(256 << 10);
+        if !(4096..=(16 << 20)).contains(&stream_buf) {
+            return Err(bad(format!(
+                "limits.stream_buf {stream_buf} is outside 4096..=16777216"
+            )));
+        }
+        let hello = raw.limits.hello_timeout_secs.unwrap_or(5);
+        if !(1..=300).contains(&hello) {
+            return Err(bad(format!(
+                "limits.hello_timeout_secs {hello} is outside 1..=300"
+            )));
+        }
+        Ok(Config {
+            source: file.map(Path::to_owned),
+            run_dir,
+            channel_path,
+            domains,
+            services,
+            guests,
+            max_streams,
+            stream_buf,
+            hello_timeout: Duration::from_secs(hello),
+        })
+    }
+
+    /// Whether the guest `id` named `name` is one we serve.
+    pub fn selects(&self, id: u16, name: Option<&str>) -> bool {
+        match &self.domains {
+            None => true,
+            Some(sel) => sel.iter().any(|s| match s {
+                DomainSel::Id(i) => *i == id,
+                DomainSel::Name(n) => Some(n.as_str()) == name,
+            }),
+        }
+    }
+
+    /// The services we listen for per guest, in name order.
+    pub fn listened(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter(|(_, s)| s.listen)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::default();
+        assert_eq!(c.run_dir, Path::new(DEFAULT_RUN_DIR));
+        assert_eq!(c.channel_path, "data/xenvt");
+        assert!(c.domains.is_none());
+        assert!(c.services.is_empty());
+        assert!(c.selects(5, None));
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::from_str_for(
+            None,
+            r#"
+            run_dir = "/run/x"
+            domains = ["vm1", "7"]
+            [services.vnc]
+            deliver = "/run/p/vnc.sock"
+            listen = true
+            [services.ssh]
+            listen = true
+            [guests.vm1]
+            group = "root"
+            [limits]
+            max_streams = 4
+            hello_timeout_secs = 2
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.domains,
+            Some(vec![DomainSel::Name("vm1".into()), DomainSel::Id(7)])
+        );
+        assert!(c.selects(7, None) && c.selects(3, Some("vm1")) && !c.selects(3, Some("vm2")));
+        assert_eq!(c.listened(), vec!["ssh", "vnc"]);
+        assert_eq!(c.guests["vm1"].group, Some(("root".into(), 0)));
+        assert_eq!(c.max_streams, 4);
+        assert_eq!(c.hello_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_problem() {
+        let f = Path::new("backend.toml");
+        let cases = [
+            ("run_dir = \"rel\"", "absolute"),
+            ("[services.\"a/b\"]\nlisten = true", "service name"),
+            (
+                "[services.v]\ndeliver = \"rel.sock\"",
+                "absolute socket path",
+            ),
+            ("[services.v]", "neither"),
+            ("[guests.vm1]\ngroup = \"no-such-group-xenvt\"", "no group"),
+            ("[limits]\nstream_buf = 1", "stream_buf"),
+            ("channel_path = \"../x\"", "channel_path"),
+            ("extra = 1", "unknown field"),
+        ];
+        for (text, want) in cases {
+            let e = Config::from_str_for(Some(f), text).unwrap_err().to_string();
+            assert!(e.starts_with("backend.toml: "), "{e}");
+            assert!(e.contains(want), "{text:?} -> {e}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let c = Config::from_str_for(None, include_str!("../dist/backend.toml")).unwrap();
+        assert_eq!(c.run_dir, Path::new(DEFAULT_RUN_DIR));
+        assert!(c.services["vnc"].listen);
+        assert!(c.services["vnc"].deliver.is_some());
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("vm-1.a_b"));
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "é", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+}

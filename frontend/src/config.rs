@@ -1,0 +1,367 @@
+//! The agent's TOML configuration, checked as a whole before anything starts.
+//!
+//! ```toml
+//! [channel]
+//! path = "data/xenvt"     # under this domain's xenstore home
+//! backend = 0             # the backend's domain id
+//! ring_order = 17         # 2^order bytes per direction
+//!
+//! [[listen]]              # guest -> dom0: a local listener per service
+//! address = "127.0.0.1:5500"
+//! service = "vnc"
+//! # public = true         # required for a non-loopback address
+//!
+//! [services.vnc]          # dom0 -> guest: where a REQUEST for "vnc" goes
+//! connect = "127.0.0.1:5900"
+//!
+//! [hook]                  # run when a backend (re)connects
+//! command = ["vncconfig", "-display", ":0", "-connect", "127.0.0.1:5500"]
+//! timeout_secs = 30
+//!
+//! [limits]
+//! max_streams = 256
+//! stream_buf = 262144
+//! ```
+//!
+//! Without a file, the agent listens on 127.0.0.1:5500 as service `vnc` and
+//! refuses every dom0 -> guest request.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The default listener: the port TigerVNC's reverse connection goes to.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5500";
+/// The default listener's service.
+pub const DEFAULT_SERVICE: &str = "vnc";
+
+/// The checked configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Where the config came from, for messages.
+    pub source: Option<PathBuf>,
+    /// xenstore path of the channel, relative to the domain's home.
+    pub path: String,
+    /// The backend's domain id.
+    pub backend: u16,
+    /// Ring order of both directions.
+    pub ring_order: u8,
+    /// Local listeners (guest -> dom0).
+    pub listen: Vec<Listen>,
+    /// Allowed dom0 -> guest targets, by service name.
+    pub services: BTreeMap<String, SocketAddr>,
+    /// The command run when a backend connects.
+    pub hook: Option<Hook>,
+    /// Streams per channel.
+    pub max_streams: u32,
+    /// Receive buffer (credit) per stream.
+    pub stream_buf: u32,
+}
+
+/// One local listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    /// Where to listen.
+    pub address: SocketAddr,
+    /// The service each accepted connection asks for in dom0.
+    pub service: String,
+}
+
+/// The backend-connected hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hook {
+    /// Program and arguments (no shell).
+    pub command: Vec<String>,
+    /// How long it may run before it is killed.
+    pub timeout: Duration,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    channel: RawChannel,
+    listen: Option<Vec<RawListen>>,
+    #[serde(default)]
+    services: BTreeMap<String, RawService>,
+    hook: Option<RawHook>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    path: Option<String>,
+    backend: Option<u16>,
+    ring_order: Option<u8>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    address: String,
+    service: String,
+    #[serde(default)]
+    public: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    connect: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    command: Vec<String>,
+    timeout_secs: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_streams: Option<u32>,
+    stream_buf: Option<u32>,
+}
+
+/// Whether `s` is a usable service name: 1 to 64 of `A-Z a-z 0-9 . _ -`, not
+/// starting with a dot (the backend turns names into socket file names).
+pub fn valid_service(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn valid_rel_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 256
+        && !p.starts_with('/')
+        && p.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_str_for(None, "").unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+    }
+}
+
+impl Config {
+    /// Reads and checks `file`.
+    pub fn load(file: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(file).map_err(|source| Error::ConfigRead {
+            file: file.to_owned(),
+            source,
+        })?;
+        Config::from_str_for(Some(file), &text)
+    }
+
+    /// Parses and checks `text`; `file` names it in errors.
+    pub fn from_str_for(file: Option<&Path>, text: &str) -> Result<Config> {
+        let bad = |problem: String| Error::Config {
+            file: file.map(Path::to_owned),
+            problem,
+        };
+        let raw: Raw = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let path = raw.channel.path.unwrap_or_else(|| "data/xenvt".into());
+        if !valid_rel_path(&path) {
+            return Err(bad(format!(
+                "channel.path {path:?} must be a relative xenstore path of plain components"
+            )));
+        }
+        let ring_order = raw.channel.ring_order.unwrap_or(17);
+        if !(10..=20).contains(&ring_order) {
+            return Err(bad(format!(
+                "channel.ring_order {ring_order} is outside 10..=20"
+            )));
+        }
+        let raw_listen = raw.listen.unwrap_or_else(|| {
+            vec![RawListen {
+                address: DEFAULT_LISTEN.into(),
+                service: DEFAULT_SERVICE.into(),
+                public: false,
+            }]
+        });
+        let mut listen = Vec::new();
+        let mut seen = BTreeSet::new();
+        for l in raw_listen {
+            let address: SocketAddr = l
+                .address
+                .parse()
+                .map_err(|_| bad(format!("listen address {:?} is not IP:PORT", l.address)))?;
+            if !valid_service(&l.service) {
+                return Err(bad(format!(
+                    "listen service {:?} is not 1 to 64 of A-Z a-z 0-9 . _ -",
+                    l.service
+                )));
+            }
+            if !address.ip().is_loopback() && !l.public {
+                return Err(bad(format!(
+                    "listen address {address} is not loopback: set public = true to expose it"
+                )));
+            }
+            // Port 0 picks a free port each time, so only fixed ports can clash.
+            if address.port() != 0 && !seen.insert(address) {
+                return Err(bad(format!("listen address {address} is given twice")));
+            }
+            listen.push(Listen {
+                address,
+                service: l.service,
+            });
+        }
+        let mut services = BTreeMap::new();
+        for (name, s) in raw.services {
+            if !valid_service(&name) {
+                return Err(bad(format!(
+                    "service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ -"
+                )));
+            }
+            let addr: SocketAddr = s.connect.parse().map_err(|_| {
+                bad(format!(
+                    "services.{name}.connect {:?} is not IP:PORT",
+                    s.connect
+                ))
+            })?;
+            services.insert(name, addr);
+        }
+        let hook = match raw.hook {
+            None => None,
+            Some(h) => {
+                if h.command.is_empty() || h.command[0].is_empty() {
+                    return Err(bad("hook.command must name a program".into()));
+                }
+                let secs = h.timeout_secs.unwrap_or(30);
+                if !(1..=3600).contains(&secs) {
+                    return Err(bad(format!("hook.timeout_secs {secs} is outside 1..=3600")));
+                }
+                Some(Hook {
+                    command: h.command,
+                    timeout: Duration::from_secs(secs),
+                })
+            }
+        };
+        let max_streams = raw.limits.max_streams.unwrap_or(256);
+        if !(1..=65536).contains(&max_streams) {
+            return Err(bad(format!(
+                "limits.max_streams {max_streams} is outside 1..=65536"
+            )));
+        }
+        let stream_buf = raw.limits.stream_buf.unwrap_or(256 << 10);
+        if !(4096..=(16 << 20)).contains(&stream_buf) {
+            return Err(bad(format!(
+                "limits.stream_buf {stream_buf} is outside 4096..=16777216"
+            )));
+        }
+        Ok(Config {
+            source: file.map(Path::to_owned),
+            path,
+            backend: raw.channel.backend.unwrap_or(0),
+            ring_order,
+            listen,
+            services,
+            hook,
+            max_streams,
+            stream_buf,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_listen_on_loopback_vnc_and_allow_nothing() {
+        let c = Config::default();
+        assert_eq!(c.listen.len(), 1);
+        assert_eq!(c.listen[0].address, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.listen[0].service, "vnc");
+        assert!(c.services.is_empty());
+        assert!(c.hook.is_none());
+        assert_eq!(c.path, "data/xenvt");
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::from_str_for(
+            None,
+            r#"
+            [channel]
+            backend = 3
+            ring_order = 12
+            [[listen]]
+            address = "0.0.0.0:6000"
+            service = "x"
+            public = true
+            [services.ssh]
+            connect = "127.0.0.1:22"
+            [hook]
+            command = ["true"]
+            timeout_secs = 5
+            [limits]
+            max_streams = 8
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.backend, 3);
+        assert_eq!(c.ring_order, 12);
+        assert_eq!(c.services["ssh"], "127.0.0.1:22".parse().unwrap());
+        assert_eq!(c.hook.unwrap().timeout, Duration::from_secs(5));
+        assert_eq!(c.max_streams, 8);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_problem() {
+        let f = Path::new("agent.toml");
+        let cases = [
+            ("[[listen]]\naddress = \"0.0.0.0:1\"\nservice = \"v\"", "not loopback"),
+            ("[[listen]]\naddress = \"nope\"\nservice = \"v\"", "not IP:PORT"),
+            ("[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"a/b\"", "service"),
+            (
+                "[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"a\"\n[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"b\"",
+                "twice",
+            ),
+            ("[services.\"../x\"]\nconnect = \"127.0.0.1:1\"", "service name"),
+            ("[channel]\nring_order = 30", "ring_order"),
+            ("[channel]\npath = \"/abs\"", "channel.path"),
+            ("[hook]\ncommand = []", "hook.command"),
+            ("[limits]\nmax_streams = 0", "max_streams"),
+            ("bogus = 1", "unknown field"),
+        ];
+        for (text, want) in cases {
+            let e = Config::from_str_for(Some(f), text).unwrap_err().to_string();
+            assert!(e.starts_with("agent.toml: "), "{e}");
+            assert!(e.contains(want), "{text:?} -> {e}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let c = Config::from_str_for(None, include_str!("../dist/agent.toml")).unwrap();
+        assert_eq!(c.listen[0].address, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.services["vnc"], "127.0.0.1:5900".parse().unwrap());
+        assert!(c.hook.is_some());
+    }
+
+    #[test]
+    fn service_names() {
+        assert!(valid_service("vnc"));
+        assert!(valid_service("a-b_c.d"));
+        for bad in ["", ".x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_service(bad), "{bad:?}");
+        }
+    }
+}
