@@ -23,7 +23,7 @@ use xenvt_ring::Platform;
 
 pub mod config;
 pub mod guest;
-pub mod ratelimit;
+pub use xenvt_ring::ratelimit;
 pub mod sockets;
 pub mod xs;
 

@@ -16,6 +16,7 @@ pub mod mux;
 pub mod notify;
 pub mod platform;
 pub mod proxyv2;
+pub mod ratelimit;
 pub mod ring;
 pub mod shm;
 pub mod stream;
