@@ -38,7 +38,7 @@ usage: lab.sh COMMAND [ARGS]
 
 environment:
   XENVT_LAB_CACHE       cache dir (default ~/.cache/xenvt-lab)
-  XENVT_LAB_XENVT       a prebuilt xenvt binary to put in the images (skips cargo build)
+  XENVT_LAB_XENVT       a prebuilt xenvt binary; its directory's programs go in the images (skips cargo build)
   XENVT_LAB_SMP         QEMU CPUs (default 2)
   XENVT_LAB_XEN_ARGS    extra Xen command line
   XENVT_LAB_DOM0_ARGS   extra dom0 kernel command line (no commas)
@@ -126,41 +126,53 @@ cmd_setup() {
 
 # ---------------------------------------------------------------- run
 
-# xenvt_binary: prints the path of the project binary to ship, or nothing.
-xenvt_binary() {
+# The project's programs each image carries: the test tool everywhere, the
+# agent in domUs, the backend and the proxy in dom0.
+DOMU_PROGS=(xenvt xenvt-agent)
+DOM0_PROGS=(xenvt xenvt-backend xenvt-proxy)
+
+# xenvt_bindir BUILD: prints the directory that holds the project's release
+# programs, or nothing when there are none (scenarios that need them skip).
+xenvt_bindir() {
     local build=$1
     if [ -n "${XENVT_LAB_XENVT:-}" ]; then
         [ -x "$XENVT_LAB_XENVT" ] || die "XENVT_LAB_XENVT=$XENVT_LAB_XENVT is not executable"
-        echo "$XENVT_LAB_XENVT"
+        dirname "$XENVT_LAB_XENVT"
         return
     fi
-    local bin="${CARGO_TARGET_DIR:-$REPO/target}/release/xenvt"
+    local dir="${CARGO_TARGET_DIR:-$REPO/target}/release"
     if [ "$build" = 1 ]; then
-        note "cargo build --release -p xenvt"
-        if ! (cd "$REPO" && cargo build --release -p xenvt >&2); then
+        note "cargo build --release --bins"
+        if ! (cd "$REPO" && cargo build --release --bins >&2); then
             note "WARNING: the build failed; the images carry no xenvt and scenarios that need it skip"
             return
         fi
     fi
-    [ -x "$bin" ] && echo "$bin"
+    [ -x "$dir/xenvt" ] && echo "$dir"
     return 0
 }
 
-# stage_overlay DIR XENVT: the per-run files of an image (XENVT may be empty).
+# stage_overlay DIR BINDIR PROG...: the per-run files of an image (BINDIR may
+# be empty; a program missing from it is left out).
 stage_overlay() {
-    local img=$1 xenvt=$2
+    local img=$1 bindir=$2 p
+    shift 2
     mkdir -p "$img/lab" "$img/usr/bin"
     cp "$LAB_DIR/guest/init" "$img/init"
     cp "$LAB_DIR/guest/lib.sh" "$img/lab/lib.sh"
     cp "$LAB_DIR/guest/lab-run" "$img/usr/bin/lab-run"
     chmod 0755 "$img/init" "$img/usr/bin/lab-run"
     cp -r "$LAB_DIR/scenarios" "$img/lab/scenarios"
-    if [ -n "$xenvt" ]; then
+    [ -n "$bindir" ] || return 0
+    local shipped=()
+    for p in "$@"; do
+        [ -x "$bindir/$p" ] || { note "WARNING: $bindir/$p is missing; the images go without it"; continue; }
         # Debug info is most of a release binary's size, and every byte is unpacked under TCG.
-        objcopy --strip-debug "$xenvt" "$img/usr/bin/xenvt" 2>/dev/null || cp "$xenvt" "$img/usr/bin/xenvt"
-        chmod 0755 "$img/usr/bin/xenvt"
-        install_libs "$img" / "$img/usr/bin/xenvt"
-    fi
+        objcopy --strip-debug "$bindir/$p" "$img/usr/bin/$p" 2>/dev/null || cp "$bindir/$p" "$img/usr/bin/$p"
+        chmod 0755 "$img/usr/bin/$p"
+        shipped+=("$img/usr/bin/$p")
+    done
+    [ ${#shipped[@]} -eq 0 ] || install_libs "$img" / "${shipped[@]}"
 }
 
 # scenario_timeout NAME: seconds the scenario may take (file 'timeout' in its dir).
@@ -192,12 +204,12 @@ add_set() {
 prepare() {
     local run=$1 mode=$2 build=$3
     shift 3
-    local xenvt
-    xenvt=$(xenvt_binary "$build")
+    local bindir
+    bindir=$(xenvt_bindir "$build")
     rm -rf "$run/ov-domu" "$run/ov-dom0"
-    stage_overlay "$run/ov-domu" "$xenvt"
+    stage_overlay "$run/ov-domu" "$bindir" "${DOMU_PROGS[@]}"
     make_cpio "$run/ov-domu" "$run/domu-overlay.cpio"
-    stage_overlay "$run/ov-dom0" "$xenvt"
+    stage_overlay "$run/ov-dom0" "$bindir" "${DOM0_PROGS[@]}"
     mkdir -p "$run/ov-dom0/lab/domu"
     cp "$run/domu-overlay.cpio" "$run/ov-dom0/lab/domu/overlay.cpio"
     {
