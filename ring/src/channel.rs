@@ -492,6 +492,24 @@ impl Channel {
         Ok(space >= need.max(1) || self.is_closed() || self.peer_state()? == PeerState::Closed)
     }
 
+    /// Whether a waiter to read (`read`) or to write has anything to do: data or
+    /// space, the peer gone, our end closed, or an error to report. Only loads
+    /// (Acquire, through the ring's accessors): what a spin polls.
+    pub fn wait_over(&self, read: bool) -> bool {
+        let n = if read {
+            self.readable()
+        } else {
+            if self.is_closed() {
+                return true;
+            }
+            self.writable()
+        };
+        match n {
+            Ok(0) => !matches!(self.peer_state(), Ok(PeerState::Connected | PeerState::NotYet)),
+            _ => true,
+        }
+    }
+
     /// Bytes ready to read (one validated look at the peer's index).
     pub fn readable(&self) -> Result<u32> {
         self.usable()?;

@@ -20,6 +20,15 @@
 //! "fan-out" waker that wakes both, because tokio keeps only the most recent waker
 //! per direction of an `AsyncFd`: with the halves' own wakers, the second poll would
 //! silently evict the first. `tests/stream.rs` stresses this with two tasks.
+//!
+//! # Spinning before the wait
+//!
+//! Before it arms its request, a half that cannot progress looks at the ring for a
+//! short budget ([`crate::spin`]; [`ChannelStream::set_spin`]), because an
+//! event-channel wakeup costs far more than the ring when the peer is about to
+//! answer. The spin blocks the calling worker thread for at most the budget and
+//! only delays the usual request, re-check and sleep, so it cannot lose a wakeup
+//! (`tests/loom.rs` models it) and an idle stream still sleeps.
 
 use std::future::poll_fn;
 use std::io;
@@ -27,12 +36,14 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 use crate::channel::{Channel, PeerState};
 use crate::ring::Segments;
+use crate::spin::Spinner;
 use crate::Error;
 
 const READ: usize = 0;
@@ -87,6 +98,8 @@ struct Shared {
     fd: AsyncFd<EvFd>,
     hub: Arc<Hub>,
     fanout: Waker,
+    /// Each half's spin policy.
+    spin: [Spinner; 2],
     chan: Channel,
 }
 
@@ -118,9 +131,17 @@ impl Shared {
         cx: &mut Context<'_>,
         mut attempt: impl FnMut(&Channel) -> Option<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
+        let mut spun = false;
         loop {
             if let Some(r) = attempt(&self.chan) {
                 return Poll::Ready(r);
+            }
+            // Once per poll: a spurious kick must not restart the budget.
+            if !spun {
+                spun = true;
+                if self.spin[half].spin(|| self.chan.wait_over(half == READ)) {
+                    continue;
+                }
             }
             // Rule 1: waker first, then request and re-check.
             self.hub.register(half, cx.waker());
@@ -224,6 +245,7 @@ impl ChannelStream {
                 fd,
                 hub,
                 fanout,
+                spin: Default::default(),
                 chan,
             }),
         })
@@ -232,6 +254,21 @@ impl ChannelStream {
     /// The channel underneath.
     pub fn channel(&self) -> &Channel {
         &self.shared.chan
+    }
+
+    /// Sets how long a read or write that cannot progress looks at the ring
+    /// before it sleeps on the event channel (both halves; zero: never). The
+    /// default is [`crate::spin::DEFAULT_BUDGET`]; see [`crate::spin`] for when the
+    /// spin is skipped.
+    pub fn set_spin(&self, budget: Duration) {
+        for s in &self.shared.spin {
+            s.set_budget(budget);
+        }
+    }
+
+    /// The spin budget (see [`ChannelStream::set_spin`]).
+    pub fn spin(&self) -> Duration {
+        self.shared.spin[READ].budget()
     }
 
     /// Splits into halves usable from two tasks.

@@ -327,3 +327,113 @@ async fn one_event_fd_two_waiting_halves() {
         drop(client.join().unwrap());
     }
 }
+
+/// A bare client of a server stream with in-page rings (orders 10 and 11): the
+/// control page mapped writable and the event channel bound, with no `Channel`
+/// code, so the test decides exactly when (and whether) the server is kicked.
+struct Bare {
+    _host: HeapHost,
+    page: Box<dyn xenvt_ring::Pages>,
+    evt: Box<dyn xenvt_ring::EventChannel>,
+}
+
+impl Bare {
+    fn new() -> (Self, ChannelStream) {
+        let host = HeapHost::new();
+        let cfg = ChannelConfig {
+            left_order: 10,
+            right_order: 11,
+        };
+        let srv = Channel::server(&host.domain(1), 0, cfg).unwrap();
+        let dom0 = host.domain(0);
+        let evt = dom0.bind_interdomain(1, srv.event_port()).unwrap();
+        let page = dom0.map_pages(1, &[srv.ring_ref()], true).unwrap();
+        let v = ShmView::of(&*page);
+        v.store_u8(layout::CLI_LIVE, layout::LIVE_CONNECTED, Ordering::Release)
+            .unwrap();
+        // Forget the server's set-up request: only a waiter's own request counts.
+        v.store_u8(layout::CLI_NOTIFY, 0, Ordering::Release).unwrap();
+        let stream = ChannelStream::new(srv).unwrap();
+        (
+            Bare {
+                _host: host,
+                page,
+                evt,
+            },
+            stream,
+        )
+    }
+
+    fn view(&self) -> ShmView {
+        ShmView::of(&*self.page)
+    }
+
+    /// Whether the server asked to be kicked on our next write.
+    fn requested(&self) -> bool {
+        let b = self.view().load_u8(layout::CLI_NOTIFY, Ordering::Acquire);
+        b.unwrap() & layout::NOTIFY_WRITE != 0
+    }
+
+    /// Puts one byte in the client-to-server ring (in the page at 1024) without
+    /// looking at the server's request and without kicking.
+    fn put_silently(&self, b: u8) {
+        let v = self.view();
+        v.store_u8(1024, b, Ordering::Relaxed).unwrap();
+        v.store_u32(layout::LEFT + layout::PROD, 1, Ordering::Release)
+            .unwrap();
+    }
+}
+
+/// A byte written while the reader spins is found by the spin itself: the reader
+/// never posts a request and needs no kick. (Without the spin, or with a spin
+/// that did not look at the ring, the reader would arm and sleep forever here,
+/// as nobody kicks it: the test would hit its limit.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_during_the_spin_needs_no_wakeup() {
+    let (b, stream) = Bare::new();
+    stream.set_spin(Duration::from_secs(3600));
+    let (mut r, w) = stream.into_split();
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 4];
+        let n = r.read(&mut buf).await.unwrap();
+        (n, buf[0])
+    });
+    tokio::task::yield_now().await;
+    b.put_silently(0x5a);
+    let (n, byte) = tokio::time::timeout(LIMIT, reader)
+        .await
+        .expect("the spin missed the byte")
+        .unwrap();
+    assert_eq!((n, byte), (1, 0x5a));
+    assert!(!b.requested(), "the reader never armed");
+    drop(w);
+}
+
+/// With a zero budget, or once a finite budget is spent, the reader arms its
+/// request and sleeps; the kick after a silent write wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_budget_the_reader_arms_and_sleeps() {
+    for budget in [Duration::ZERO, Duration::from_millis(2)] {
+        let (b, stream) = Bare::new();
+        stream.set_spin(budget);
+        assert_eq!(stream.spin(), budget);
+        let (mut r, w) = stream.into_split();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 4];
+            r.read(&mut buf).await.unwrap()
+        });
+        // The request is the sign that the spin is over and the reader armed.
+        tokio::time::timeout(LIMIT, async {
+            while !b.requested() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the reader never armed");
+        b.put_silently(0x33);
+        b.evt.notify().unwrap();
+        let n = tokio::time::timeout(LIMIT, reader).await.unwrap().unwrap();
+        assert_eq!(n, 1, "budget {budget:?}");
+        drop(w);
+    }
+}
