@@ -25,6 +25,7 @@ use std::sync::Arc;
 use xenvt_ring::layout::{CLI_NOTIFY, NOTIFY_READ, NOTIFY_WRITE, SRV_NOTIFY};
 use xenvt_ring::notify::Notifier;
 use xenvt_ring::ring::{Consumer, Producer, SharedMem};
+use xenvt_ring::spin::Spinner;
 use xenvt_ring::{Error, Result};
 
 const SIZE: u32 = 2;
@@ -199,7 +200,12 @@ fn weakened_ring_index_protocol_fails() {
 /// flag like an event-channel port) after posting a request and re-checking; they
 /// kick only when the peer's request bit was set. A lost wakeup leaves a thread
 /// blocked forever, which loom reports as a deadlock.
-fn notify_handshake(weak: bool) {
+///
+/// With `spin`, the consumer first looks at the ring through the stream's spin
+/// ([`Spinner`], a budget of two clock ticks, one probe per tick) before it posts
+/// its request: the spin may find the data or give up, and either way no wakeup
+/// may be lost.
+fn notify_handshake(weak: bool, spin: bool) {
     loom::model(move || {
         let m = mem();
         let srv = View {
@@ -250,6 +256,22 @@ fn notify_handshake(weak: bool) {
                 }
                 continue;
             }
+            if spin {
+                let spinner = Spinner::new(std::time::Duration::from_nanos(2));
+                let tick = std::cell::Cell::new(0u64);
+                let hit = spinner.spin_clocked(
+                    1,
+                    (),
+                    || c.readable().unwrap() > 0,
+                    |()| {
+                        tick.set(tick.get() + 1);
+                        tick.get()
+                    },
+                );
+                if hit {
+                    continue;
+                }
+            }
             srv_n.request(NOTIFY_WRITE).unwrap();
             if c.readable().unwrap() > 0 {
                 continue;
@@ -263,7 +285,12 @@ fn notify_handshake(weak: bool) {
 
 #[test]
 fn notify_no_lost_wakeup() {
-    notify_handshake(false);
+    notify_handshake(false, false);
+}
+
+#[test]
+fn spin_then_sleep_loses_no_wakeup() {
+    notify_handshake(false, true);
 }
 
 /// With Relaxed request/clear and no fences (indices still Release/Acquire), a
@@ -272,5 +299,5 @@ fn notify_no_lost_wakeup() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn weakened_notify_loses_a_wakeup() {
-    notify_handshake(true);
+    notify_handshake(true, false);
 }

@@ -95,57 +95,12 @@ pub struct ChanArgs {
     /// When done, send one bye byte before closing (the peer runs `--linger`).
     #[arg(long, global = true)]
     bye: bool,
-    /// With `--ping`/`--pong`: look for the reply without sleeping for up to this
-    /// many microseconds before waiting for a wakeup (an experiment: it shows what
-    /// the wakeup itself costs).
-    #[arg(long, global = true, default_value_t = 0)]
-    spin_us: u64,
-}
-
-/// A read that never waits: `Ok(None)` when nothing is ready, `Ok(Some(0))` at
-/// end of stream.
-pub trait TryRead {
-    /// Reads what is ready now.
-    fn try_read_now(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>>;
-}
-
-impl TryRead for ChannelStream {
-    fn try_read_now(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
-        match self.channel().read(buf) {
-            Ok(0) => Ok(None),
-            Ok(n) => Ok(Some(n)),
-            Err(xenvt_ring::Error::PeerClosed) => Ok(Some(0)),
-            Err(e) => Err(e.into()),
-        }
-    }
-}
-
-impl TryRead for tokio::net::UnixStream {
-    fn try_read_now(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
-        match self.try_read(buf) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// Reads, first looking without sleeping for up to `spin`.
-async fn read_spin<S: AsyncRead + TryRead + Unpin>(
-    s: &mut S,
-    buf: &mut [u8],
-    spin: Duration,
-) -> std::io::Result<usize> {
-    if !spin.is_zero() {
-        let t = Instant::now();
-        while t.elapsed() < spin {
-            if let Some(n) = s.try_read_now(buf)? {
-                return Ok(n);
-            }
-            std::hint::spin_loop();
-        }
-    }
-    s.read(buf).await
+    /// The channel's spin budget: how many microseconds a read or write that
+    /// cannot progress looks at the ring before it sleeps on the event channel
+    /// (`ChannelStream::set_spin`; 0 never spins, which shows what the wakeup
+    /// costs). Without it, the library's default. Unix sockets ignore it.
+    #[arg(long, global = true)]
+    spin_us: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -252,6 +207,7 @@ pub async fn run(a: ChanArgs) -> anyhow::Result<()> {
                 right_order: right_order.unwrap_or(*order),
             };
             let s = serve_with(path, *peer, cfg).await?;
+            set_spin(&s, &a);
             println!("ready");
             play(s, &a, &counts).await?
         }
@@ -274,6 +230,7 @@ pub async fn run(a: ChanArgs) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("connect to the channel at {path}"))?;
                 let s = ChannelStream::new(ch)?;
+                set_spin(&s, &a);
                 println!("connected");
                 play(s, &a, &counts).await
             };
@@ -313,6 +270,13 @@ pub async fn run(a: ChanArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Applies `--spin-us`, if given.
+fn set_spin(s: &ChannelStream, a: &ChanArgs) {
+    if let Some(us) = a.spin_us {
+        s.set_spin(Duration::from_micros(us));
+    }
+}
+
 /// Resolves once `/local/domain/<peer>` is gone after an `@releaseDomain`.
 async fn domain_gone(
     xs: xenvt_ring::xenstore::XsClient,
@@ -336,17 +300,16 @@ async fn domain_gone(
 }
 
 /// Runs the mode the flags ask for on a connected stream.
-async fn play<S: AsyncRead + AsyncWrite + TryRead + Send + Unpin + 'static>(
+async fn play<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     s: S,
     a: &ChanArgs,
     counts: &Arc<Counts>,
 ) -> anyhow::Result<ChanReport> {
     if let Some(n) = a.ping {
-        let (spin, bye) = (Duration::from_micros(a.spin_us), a.bye);
-        return ping(s, n, a.send_seed, spin, bye).await;
+        return ping(s, n, a.send_seed, a.bye).await;
     }
     if let Some(n) = a.pong {
-        return pong(s, n, Duration::from_micros(a.spin_us), a.linger).await;
+        return pong(s, n, a.linger).await;
     }
     transfer(s, a, counts.clone()).await
 }
@@ -500,11 +463,10 @@ async fn linger<R: AsyncRead + Unpin>(r: &mut R) -> anyhow::Result<()> {
 }
 
 /// `n` one-byte round trips, each byte checked against the pattern.
-async fn ping<S: AsyncRead + AsyncWrite + TryRead + Unpin>(
+async fn ping<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     n: u64,
     seed: u64,
-    spin: Duration,
     bye: bool,
 ) -> anyhow::Result<ChanReport> {
     let mut src = Source::new(seed);
@@ -518,7 +480,7 @@ async fn ping<S: AsyncRead + AsyncWrite + TryRead + Unpin>(
         let sent = async {
             s.write_all(&b).await?;
             s.flush().await?;
-            read_spin(&mut s, &mut r, spin).await
+            s.read(&mut r).await
         };
         match sent.await {
             Ok(1) => {}
@@ -555,10 +517,9 @@ async fn ping<S: AsyncRead + AsyncWrite + TryRead + Unpin>(
 }
 
 /// Echoes `n` bytes back as they arrive.
-async fn pong<S: AsyncRead + AsyncWrite + TryRead + Unpin>(
+async fn pong<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     n: u64,
-    spin: Duration,
     lingers: bool,
 ) -> anyhow::Result<ChanReport> {
     let start = Instant::now();
@@ -566,9 +527,7 @@ async fn pong<S: AsyncRead + AsyncWrite + TryRead + Unpin>(
     let mut done = 0u64;
     while done < n {
         let cap = (n - done).min(buf.len() as u64) as usize;
-        let got = read_spin(&mut s, &mut buf[..cap], spin)
-            .await
-            .context("pong")?;
+        let got = s.read(&mut buf[..cap]).await.context("pong")?;
         ensure!(got > 0, "peer closed after {done} of {n} bytes");
         s.write_all(&buf[..got]).await.context("pong")?;
         s.flush().await?;
@@ -747,12 +706,16 @@ mod tests {
         assert_eq!(x.round_trips, 50);
         assert!(x.rtt_median_us > 0.0);
         y.unwrap();
-        let (x, y) = pair("--ping 50 --spin-us 100", "--pong 50 --spin-us 100").await;
-        assert_eq!(x.unwrap().round_trips, 50);
-        y.unwrap();
         let (x, _) = pair("--ping 50", "--pong 20").await;
         let e = x.unwrap_err().to_string();
         assert_eq!(e, "peer closed after 20 of 50 round trips");
+    }
+
+    #[test]
+    fn spin_us_is_the_channel_budget_or_the_default() {
+        assert_eq!(args("").spin_us, None);
+        assert_eq!(args("--spin-us 0").spin_us, Some(0));
+        assert_eq!(args("--ping 3 --spin-us 150").spin_us, Some(150));
     }
 
     #[test]
