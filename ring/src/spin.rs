@@ -21,12 +21,43 @@
 //! waits; a peer that answers within the budget is polled on every wait.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The default budget. A round trip through the ring between two running
 /// domains takes 50 to 80 us under TCG (tens of us between two processes); the
 /// budget leaves room for the peer's own work.
 pub const DEFAULT_BUDGET: Duration = Duration::from_micros(200);
+
+/// The environment variable that overrides [`DEFAULT_BUDGET`] for every stream
+/// of the process, in microseconds (0 disables spinning; at most [`MAX_BUDGET`]).
+pub const ENV_BUDGET: &str = "XENVT_SPIN_US";
+
+/// The largest budget [`ENV_BUDGET`] may ask for: a spin is a delay before
+/// sleeping, not a polling loop.
+pub const MAX_BUDGET: Duration = Duration::from_millis(10);
+
+/// The budget new streams get: [`ENV_BUDGET`] if set and valid, read once per
+/// process, else [`DEFAULT_BUDGET`].
+pub fn default_budget() -> Duration {
+    static BUDGET: OnceLock<Duration> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let v = std::env::var(ENV_BUDGET).ok();
+        parse_budget(v.as_deref()).unwrap_or_else(|| {
+            tracing::warn!("{ENV_BUDGET}: not a number of microseconds, using the default");
+            DEFAULT_BUDGET
+        })
+    })
+}
+
+/// The budget a value of [`ENV_BUDGET`] asks for (unset: the default); `None` if invalid.
+fn parse_budget(v: Option<&str>) -> Option<Duration> {
+    let Some(v) = v else {
+        return Some(DEFAULT_BUDGET);
+    };
+    let us = v.trim().parse::<u64>().ok()?;
+    Some(Duration::from_micros(us).min(MAX_BUDGET))
+}
 
 /// The most waits skipped after repeated misses (a power of two minus one).
 pub const MAX_SKIP: u32 = 63;
@@ -76,8 +107,9 @@ pub struct Spinner {
 }
 
 impl Default for Spinner {
+    /// A policy with [`default_budget`].
     fn default() -> Self {
-        Self::new(DEFAULT_BUDGET)
+        Self::new(default_budget())
     }
 }
 
@@ -157,6 +189,16 @@ mod tests {
             t += step;
             t
         }
+    }
+
+    #[test]
+    fn the_environment_budget_is_checked() {
+        assert_eq!(parse_budget(None), Some(DEFAULT_BUDGET));
+        assert_eq!(parse_budget(Some("0")), Some(Duration::ZERO));
+        assert_eq!(parse_budget(Some(" 50 ")), Some(Duration::from_micros(50)));
+        assert_eq!(parse_budget(Some("99999999999")), Some(MAX_BUDGET));
+        assert_eq!(parse_budget(Some("-1")), None);
+        assert_eq!(parse_budget(Some("1ms")), None);
     }
 
     #[test]
