@@ -9,7 +9,7 @@
 //! its notify request, re-checks and sleeps exactly as without it, so an idle
 //! stream costs one budget per wait and then nothing.
 //!
-//! # When it spins
+//! # When and how long it spins
 //!
 //! Spinning helps only if the peer can run meanwhile. Counting our own CPUs does
 //! not tell: under Xen each domain often has one vCPU, yet the peer's vCPU runs
@@ -19,6 +19,15 @@
 //! [`MAX_SKIP`]), and a hit resets it. A peer that cannot run while we spin (one
 //! core for both), or that is merely idle, costs one budget per `MAX_SKIP + 1`
 //! waits; a peer that answers within the budget is polled on every wait.
+//!
+//! And spinning longer than a sleep would have lasted cannot pay (the classic
+//! rule for spin-then-block: spin at most what blocking costs, and never pay more
+//! than twice the best choice). So the waiter also measures its sleeps, from
+//! arming to finding the ring ready, and spins for at most a moving average of
+//! them (each sample capped at the budget). Between two processes, where a
+//! wakeup costs tens of microseconds, that keeps the spin short enough not to
+//! steal the peer's core on a busy machine; between two domains under TCG, where
+//! a sleep lasts 0.25 ms or more, the whole budget is used.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -93,7 +102,17 @@ pub fn spin_with(
     }
 }
 
-/// One waiter's spin policy: the budget and the backoff after misses.
+/// Nanoseconds on the process's monotonic clock (never 0).
+fn mono_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let t0 = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(t0.elapsed().as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// One waiter's spin policy: the budget, the backoff after misses, and the
+/// measured cost of sleeping.
 ///
 /// Atomics only so that the owner can sit in shared state; one waiter uses it at
 /// a time, and a race between two would only misplace a skip count.
@@ -104,6 +123,10 @@ pub struct Spinner {
     misses: AtomicU32,
     /// Waits left to skip before spinning again.
     skip: AtomicU32,
+    /// Moving average of sleeps (ns, each capped at the budget).
+    sleep_avg_ns: AtomicU64,
+    /// When the current sleep began ([`mono_ns`]); 0: not sleeping.
+    slept_at: AtomicU64,
 }
 
 impl Default for Spinner {
@@ -120,6 +143,8 @@ impl Spinner {
             budget_ns: AtomicU64::new(0),
             misses: AtomicU32::new(0),
             skip: AtomicU32::new(0),
+            sleep_avg_ns: AtomicU64::new(0),
+            slept_at: AtomicU64::new(0),
         };
         s.set_budget(budget);
         s
@@ -131,6 +156,53 @@ impl Spinner {
         self.budget_ns.store(ns, Ordering::Relaxed);
         self.misses.store(0, Ordering::Relaxed);
         self.skip.store(0, Ordering::Relaxed);
+        // Until a sleep is measured, assume it costs the whole budget.
+        self.sleep_avg_ns.store(ns, Ordering::Relaxed);
+        self.slept_at.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the next spin may last: the budget, or less if sleeps are cheaper.
+    pub fn effective_budget(&self) -> Duration {
+        Duration::from_nanos(self.effective_ns())
+    }
+
+    fn effective_ns(&self) -> u64 {
+        let b = self.budget_ns.load(Ordering::Relaxed);
+        b.min(self.sleep_avg_ns.load(Ordering::Relaxed))
+    }
+
+    /// The waiter is about to sleep (it armed and found nothing). A sleep already
+    /// under way keeps its start: a spurious wakeup does not end it.
+    pub fn sleeping(&self) {
+        self.sleeping_at(mono_ns());
+    }
+
+    /// The waiter found the ring ready; ends a sleep, if any, and counts it.
+    pub fn ready(&self) {
+        if self.slept_at.load(Ordering::Relaxed) != 0 {
+            self.ready_at(mono_ns());
+        }
+    }
+
+    /// [`Spinner::sleeping`] at `now_ns` (non-zero).
+    pub fn sleeping_at(&self, now_ns: u64) {
+        if self.slept_at.load(Ordering::Relaxed) == 0 {
+            self.slept_at.store(now_ns.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// [`Spinner::ready`] at `now_ns`.
+    pub fn ready_at(&self, now_ns: u64) {
+        let t0 = self.slept_at.swap(0, Ordering::Relaxed);
+        if t0 == 0 {
+            return;
+        }
+        let b = self.budget_ns.load(Ordering::Relaxed);
+        let sample = now_ns.saturating_sub(t0).min(b);
+        let avg = self.sleep_avg_ns.load(Ordering::Relaxed);
+        // avg += (sample - avg) / 4, in unsigned arithmetic.
+        let next = avg - avg / 4 + sample / 4;
+        self.sleep_avg_ns.store(next, Ordering::Relaxed);
     }
 
     /// The budget per wait.
@@ -154,7 +226,7 @@ impl Spinner {
         probe: impl FnMut() -> bool,
         now: impl Fn(&C) -> u64,
     ) -> bool {
-        let budget_ns = self.budget_ns.load(Ordering::Relaxed);
+        let budget_ns = self.effective_ns();
         if budget_ns == 0 {
             return false;
         }
@@ -288,6 +360,55 @@ mod tests {
         let before = probes.get();
         assert!(!spin(false));
         assert!(probes.get() > before);
+    }
+
+    #[test]
+    fn cheap_sleeps_shorten_the_spin() {
+        let s = Spinner::new(Duration::from_micros(200));
+        assert_eq!(s.effective_budget(), Duration::from_micros(200));
+        // Not sleeping: a ready ring changes nothing.
+        s.ready_at(5_000_000);
+        assert_eq!(s.effective_budget(), Duration::from_micros(200));
+        // Sleeps of 20 us pull the spin towards 20 us.
+        let mut t = 1_000_000;
+        for _ in 0..40 {
+            s.sleeping_at(t);
+            s.sleeping_at(t + 5_000); // a spurious wakeup: the sleep goes on
+            s.ready_at(t + 20_000);
+            t += 1_000_000;
+        }
+        let e = s.effective_budget();
+        assert!(e >= Duration::from_micros(20) && e < Duration::from_micros(21), "{e:?}");
+        // Long sleeps (an idle peer, a slow wakeup) count as the budget, no more.
+        for _ in 0..40 {
+            s.sleeping_at(t);
+            s.ready_at(t + 900_000_000);
+            t += 1_000_000_000;
+        }
+        let e = s.effective_budget();
+        assert!(e <= Duration::from_micros(200) && e > Duration::from_micros(199), "{e:?}");
+        // The spin itself uses the shorter budget: with sleeps of 4 us measured on
+        // a 100 us budget, a clock ticking 1 us per read ends the spin near 4 us.
+        let s = Spinner::new(Duration::from_micros(100));
+        for i in 0..40u64 {
+            s.sleeping_at(1 + i * 100_000);
+            s.ready_at(4_001 + i * 100_000);
+        }
+        let e = s.effective_budget().as_nanos() as u64;
+        assert!((4_000..4_010).contains(&e), "{e}");
+        let reads = Cell::new(0u64);
+        let hit = s.spin_clocked(
+            1,
+            (),
+            || false,
+            |()| {
+                reads.set(reads.get() + 1);
+                reads.get() * 1_000
+            },
+        );
+        assert!(!hit);
+        // The start, then one read per microsecond until `e` has passed.
+        assert_eq!(reads.get(), 1 + e.div_ceil(1_000));
     }
 
     #[test]

@@ -132,14 +132,16 @@ impl Shared {
         mut attempt: impl FnMut(&Channel) -> Option<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         let mut spun = false;
+        let spin = &self.spin[half];
         loop {
             if let Some(r) = attempt(&self.chan) {
+                spin.ready();
                 return Poll::Ready(r);
             }
             // Once per poll: a spurious kick must not restart the budget.
             if !spun {
                 spun = true;
-                if self.spin[half].spin(|| self.chan.wait_over(half == READ)) {
+                if spin.spin(|| self.chan.wait_over(half == READ)) {
                     continue;
                 }
             }
@@ -158,7 +160,10 @@ impl Shared {
             match self.poll_event() {
                 Poll::Ready(Ok(())) => continue,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    spin.sleeping();
+                    return Poll::Pending;
+                }
             }
         }
     }

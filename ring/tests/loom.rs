@@ -169,6 +169,8 @@ fn index_protocol(weak_producer: bool) {
                 }
             }
         });
+        let spinner = Spinner::new(std::time::Duration::from_nanos(1));
+        let tick = std::cell::Cell::new(0u64);
         let mut got = Vec::new();
         while got.len() < 3 {
             let mut b = [0u8; 2];
@@ -202,9 +204,9 @@ fn weakened_ring_index_protocol_fails() {
 /// blocked forever, which loom reports as a deadlock.
 ///
 /// With `spin`, the consumer first looks at the ring through the stream's spin
-/// ([`Spinner`], a budget of two clock ticks, one probe per tick) before it posts
-/// its request: the spin may find the data or give up, and either way no wakeup
-/// may be lost.
+/// policy ([`Spinner`]; a budget of one clock tick, so one probe, which keeps the
+/// model small) before it posts its request: the spin may find the data or give
+/// up (and then skip the next wait's spin), and either way no wakeup may be lost.
 fn notify_handshake(weak: bool, spin: bool) {
     loom::model(move || {
         let m = mem();
@@ -245,6 +247,8 @@ fn notify_handshake(weak: bool, spin: bool) {
                 ce.wait();
             }
         });
+        let spinner = Spinner::new(std::time::Duration::from_nanos(1));
+        let tick = std::cell::Cell::new(0u64);
         let mut got = Vec::new();
         while got.len() < 3 {
             let mut b = [0u8; 2];
@@ -257,8 +261,6 @@ fn notify_handshake(weak: bool, spin: bool) {
                 continue;
             }
             if spin {
-                let spinner = Spinner::new(std::time::Duration::from_nanos(2));
-                let tick = std::cell::Cell::new(0u64);
                 let hit = spinner.spin_clocked(
                     1,
                     (),
