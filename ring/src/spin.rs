@@ -13,30 +13,31 @@
 //!
 //! Spinning helps only if the peer can run meanwhile. Counting our own CPUs does
 //! not tell: under Xen each domain often has one vCPU, yet the peer's vCPU runs
-//! beside ours, and that is exactly where spinning pays most. So the decision
-//! follows what spinning achieved: every miss (the budget ran out) doubles the
-//! number of following waits that skip the spin (1, 3, 7, ... up to
-//! [`MAX_SKIP`]), and a hit resets it. A peer that cannot run while we spin (one
-//! core for both), or that is merely idle, costs one budget per `MAX_SKIP + 1`
-//! waits; a peer that answers within the budget is polled on every wait.
+//! beside ours, and that is exactly where spinning pays most. What does tell is
+//! what a sleep costs, and spinning longer than a sleep would have lasted cannot
+//! pay (the classic rule for spin-then-block: spin at most what blocking costs,
+//! and never pay more than twice the best choice). So each waiter measures its
+//! sleeps, from arming to finding the ring ready, and spins for at most a moving
+//! average of them (each sample capped at the budget). Between two processes on
+//! one core, or on a busy machine, a sleep costs tens of microseconds, and the
+//! spin shrinks to that; between two domains under TCG, where a sleep lasts
+//! 0.25 ms or more, the whole budget is used.
 //!
-//! And spinning longer than a sleep would have lasted cannot pay (the classic
-//! rule for spin-then-block: spin at most what blocking costs, and never pay more
-//! than twice the best choice). So the waiter also measures its sleeps, from
-//! arming to finding the ring ready, and spins for at most a moving average of
-//! them (each sample capped at the budget). Between two processes, where a
-//! wakeup costs tens of microseconds, that keeps the spin short enough not to
-//! steal the peer's core on a busy machine; between two domains under TCG, where
-//! a sleep lasts 0.25 ms or more, the whole budget is used.
+//! There is no backoff after misses: it was tried, and under TCG it turned a
+//! round trip of tens of microseconds into milliseconds. A round trip is fast
+//! only while both ends spin; once one end skips its spin and sleeps, the other
+//! misses too and skips in turn, and the pair stays asleep. An idle stream costs
+//! one budget per wait, that is per message arriving after a pause.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The default budget. A round trip through the ring between two running
-/// domains takes 50 to 80 us under TCG (tens of us between two processes); the
-/// budget leaves room for the peer's own work.
-pub const DEFAULT_BUDGET: Duration = Duration::from_micros(200);
+/// domains takes 50 to 80 us under TCG (a few us between two processes); under
+/// a loaded host a vCPU is often descheduled for longer, and a spin shorter than
+/// that lets both ends fall asleep (docs/benchmarks.md).
+pub const DEFAULT_BUDGET: Duration = Duration::from_micros(500);
 
 /// The environment variable that overrides [`DEFAULT_BUDGET`] for every stream
 /// of the process, in microseconds (0 disables spinning; at most [`MAX_BUDGET`]).
@@ -67,9 +68,6 @@ fn parse_budget(v: Option<&str>) -> Option<Duration> {
     let us = v.trim().parse::<u64>().ok()?;
     Some(Duration::from_micros(us).min(MAX_BUDGET))
 }
-
-/// The most waits skipped after repeated misses (a power of two minus one).
-pub const MAX_SKIP: u32 = 63;
 
 /// Probes between two reads of the clock: the clock can cost more than a probe.
 pub const CLOCK_STRIDE: u32 = 8;
@@ -111,18 +109,13 @@ fn mono_ns() -> u64 {
         .max(1)
 }
 
-/// One waiter's spin policy: the budget, the backoff after misses, and the
-/// measured cost of sleeping.
+/// One waiter's spin policy: the budget and the measured cost of sleeping.
 ///
 /// Atomics only so that the owner can sit in shared state; one waiter uses it at
-/// a time, and a race between two would only misplace a skip count.
+/// a time, and a race between two would only misplace a sample.
 #[derive(Debug)]
 pub struct Spinner {
     budget_ns: AtomicU64,
-    /// Consecutive misses (capped).
-    misses: AtomicU32,
-    /// Waits left to skip before spinning again.
-    skip: AtomicU32,
     /// Moving average of sleeps (ns, each capped at the budget).
     sleep_avg_ns: AtomicU64,
     /// When the current sleep began ([`mono_ns`]); 0: not sleeping.
@@ -141,8 +134,6 @@ impl Spinner {
     pub fn new(budget: Duration) -> Self {
         let s = Self {
             budget_ns: AtomicU64::new(0),
-            misses: AtomicU32::new(0),
-            skip: AtomicU32::new(0),
             sleep_avg_ns: AtomicU64::new(0),
             slept_at: AtomicU64::new(0),
         };
@@ -150,12 +141,10 @@ impl Spinner {
         s
     }
 
-    /// Changes the budget (zero disables spinning) and forgets past misses.
+    /// Changes the budget (zero disables spinning) and forgets past sleeps.
     pub fn set_budget(&self, budget: Duration) {
         let ns = u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX);
         self.budget_ns.store(ns, Ordering::Relaxed);
-        self.misses.store(0, Ordering::Relaxed);
-        self.skip.store(0, Ordering::Relaxed);
         // Until a sleep is measured, assume it costs the whole budget.
         self.sleep_avg_ns.store(ns, Ordering::Relaxed);
         self.slept_at.store(0, Ordering::Relaxed);
@@ -210,7 +199,7 @@ impl Spinner {
         Duration::from_nanos(self.budget_ns.load(Ordering::Relaxed))
     }
 
-    /// Before sleeping: spins on `probe` if the policy says so. Whether `probe`
+    /// Before sleeping: spins on `probe` for the effective budget. Whether `probe`
     /// became true (the caller then retries instead of sleeping).
     pub fn spin(&self, probe: impl FnMut() -> bool) -> bool {
         self.spin_clocked(CLOCK_STRIDE, Instant::now(), probe, |t0| {
@@ -230,21 +219,7 @@ impl Spinner {
         if budget_ns == 0 {
             return false;
         }
-        let skip = self.skip.load(Ordering::Relaxed);
-        if skip > 0 {
-            self.skip.store(skip - 1, Ordering::Relaxed);
-            return false;
-        }
-        let hit = spin_with(budget_ns, stride, || now(&clock), probe);
-        if hit {
-            self.misses.store(0, Ordering::Relaxed);
-        } else {
-            // 1, 3, 7, ... MAX_SKIP waits without spinning.
-            let m = (self.misses.load(Ordering::Relaxed) + 1).min(MAX_SKIP.count_ones());
-            self.misses.store(m, Ordering::Relaxed);
-            self.skip.store((1u32 << m) - 1, Ordering::Relaxed);
-        }
-        hit
+        spin_with(budget_ns, stride, || now(&clock), probe)
     }
 }
 
@@ -321,48 +296,6 @@ mod tests {
     }
 
     #[test]
-    fn misses_back_off_and_a_hit_resets() {
-        let s = Spinner::new(Duration::from_nanos(10));
-        let probes = Cell::new(0u32);
-        let clock = Cell::new(0u64);
-        let spin = |ready: bool| {
-            s.spin_clocked(
-                1,
-                (),
-                || {
-                    probes.set(probes.get() + 1);
-                    ready
-                },
-                |()| {
-                    clock.set(clock.get() + 100);
-                    clock.get()
-                },
-            )
-        };
-        // Which of the next 20 waits probe at all, with nothing ever ready.
-        let mut probed = Vec::new();
-        for _ in 0..20 {
-            let before = probes.get();
-            assert!(!spin(false));
-            probed.push(probes.get() > before);
-        }
-        let at: Vec<usize> = (0..20).filter(|&i| probed[i]).collect();
-        // Spins at 0, skips 1, spins at 2, skips 3, spins at 6, skips 7, at 14...
-        assert_eq!(at, [0, 2, 6, 14]);
-        // Skipped waits run down; the next spin hits and resets the backoff.
-        while !spin(true) {}
-        let before = probes.get();
-        assert!(spin(true));
-        assert!(probes.get() > before, "spins again at once after a hit");
-        // A new budget forgets the misses.
-        assert!(!spin(false));
-        s.set_budget(Duration::from_nanos(10));
-        let before = probes.get();
-        assert!(!spin(false));
-        assert!(probes.get() > before);
-    }
-
-    #[test]
     fn cheap_sleeps_shorten_the_spin() {
         let s = Spinner::new(Duration::from_micros(200));
         assert_eq!(s.effective_budget(), Duration::from_micros(200));
@@ -409,33 +342,5 @@ mod tests {
         assert!(!hit);
         // The start, then one read per microsecond until `e` has passed.
         assert_eq!(reads.get(), 1 + e.div_ceil(1_000));
-    }
-
-    #[test]
-    fn backoff_is_capped() {
-        let s = Spinner::new(Duration::from_nanos(1));
-        let clock = Cell::new(0u64);
-        let mut spins = Vec::new();
-        for i in 0..1000u32 {
-            let mut probed = false;
-            s.spin_clocked(
-                1,
-                (),
-                || {
-                    probed = true;
-                    false
-                },
-                |()| {
-                    clock.set(clock.get() + 1);
-                    clock.get()
-                },
-            );
-            if probed {
-                spins.push(i);
-            }
-        }
-        let gaps: Vec<u32> = spins.windows(2).map(|w| w[1] - w[0]).collect();
-        assert!(gaps.iter().all(|&g| g <= MAX_SKIP + 1), "{gaps:?}");
-        assert_eq!(gaps.last(), Some(&(MAX_SKIP + 1)));
     }
 }

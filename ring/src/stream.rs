@@ -263,8 +263,8 @@ impl ChannelStream {
 
     /// Sets how long a read or write that cannot progress looks at the ring
     /// before it sleeps on the event channel (both halves; zero: never). The
-    /// default is [`crate::spin::default_budget`] (200 us unless the environment
-    /// says otherwise); see [`crate::spin`] for when the spin is skipped.
+    /// default is [`crate::spin::default_budget`] (500 us unless the environment
+    /// says otherwise); see [`crate::spin`] for how a waiter shortens it.
     pub fn set_spin(&self, budget: Duration) {
         for s in &self.shared.spin {
             s.set_budget(budget);

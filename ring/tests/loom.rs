@@ -206,7 +206,7 @@ fn weakened_ring_index_protocol_fails() {
 /// With `spin`, the consumer first looks at the ring through the stream's spin
 /// policy ([`Spinner`]; a budget of one clock tick, so one probe, which keeps the
 /// model small) before it posts its request: the spin may find the data or give
-/// up (and then skip the next wait's spin), and either way no wakeup may be lost.
+/// up, and either way no wakeup may be lost.
 fn notify_handshake(weak: bool, spin: bool) {
     loom::model(move || {
         let m = mem();
