@@ -505,7 +505,10 @@ impl Channel {
             self.writable()
         };
         match n {
-            Ok(0) => !matches!(self.peer_state(), Ok(PeerState::Connected | PeerState::NotYet)),
+            Ok(0) => !matches!(
+                self.peer_state(),
+                Ok(PeerState::Connected | PeerState::NotYet)
+            ),
             _ => true,
         }
     }

@@ -311,7 +311,10 @@ mod tests {
             t += 1_000_000;
         }
         let e = s.effective_budget();
-        assert!(e >= Duration::from_micros(20) && e < Duration::from_micros(21), "{e:?}");
+        assert!(
+            e >= Duration::from_micros(20) && e < Duration::from_micros(21),
+            "{e:?}"
+        );
         // Long sleeps (an idle peer, a slow wakeup) count as the budget, no more.
         for _ in 0..40 {
             s.sleeping_at(t);
@@ -319,7 +322,10 @@ mod tests {
             t += 1_000_000_000;
         }
         let e = s.effective_budget();
-        assert!(e <= Duration::from_micros(200) && e > Duration::from_micros(199), "{e:?}");
+        assert!(
+            e <= Duration::from_micros(200) && e > Duration::from_micros(199),
+            "{e:?}"
+        );
         // The spin itself uses the shorter budget: with sleeps of 4 us measured on
         // a 100 us budget, a clock ticking 1 us per read ends the spin near 4 us.
         let s = Spinner::new(Duration::from_micros(100));

@@ -352,7 +352,8 @@ impl Bare {
         v.store_u8(layout::CLI_LIVE, layout::LIVE_CONNECTED, Ordering::Release)
             .unwrap();
         // Forget the server's set-up request: only a waiter's own request counts.
-        v.store_u8(layout::CLI_NOTIFY, 0, Ordering::Release).unwrap();
+        v.store_u8(layout::CLI_NOTIFY, 0, Ordering::Release)
+            .unwrap();
         let stream = ChannelStream::new(srv).unwrap();
         (
             Bare {
