@@ -23,13 +23,19 @@
 //! spin shrinks to that; between two domains under TCG, where a sleep lasts
 //! 0.25 ms or more, the whole budget is used.
 //!
-//! There is no backoff after misses: it was tried, and under TCG it turned a
-//! round trip of tens of microseconds into milliseconds. A round trip is fast
-//! only while both ends spin; once one end skips its spin and sleeps, the other
-//! misses too and skips in turn, and the pair stays asleep. An idle stream costs
-//! one budget per wait, that is per message arriving after a pause.
+//! Only waits after small transfers spin ([`Spinner::moved`]: the last read
+//! took at most [`SMALL`] bytes). Small messages are latency-bound, and a round
+//! trip is where a wakeup hurts most. Bulk transfers are bound by copying and
+//! gain from sleeping: the sleeping side lets its peer fill (or drain) the ring
+//! and then moves it in one batch, while a spinning side moves it in slivers and
+//! takes a core its peer may need; on the simulated host with 4 and 64 KiB rings
+//! and a busy machine, spinning on every wait cut throughput 15 to 45 times
+//! (docs/benchmarks.md). For the same reason a writer waiting for space (a full
+//! ring is bulk by definition) does not spin. A half already asleep that is
+//! polled again (woken for the other half) does not spin again either. An idle
+//! stream costs one budget per wait, that is per message arriving after a pause.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -68,6 +74,9 @@ fn parse_budget(v: Option<&str>) -> Option<Duration> {
     let us = v.trim().parse::<u64>().ok()?;
     Some(Duration::from_micros(us).min(MAX_BUDGET))
 }
+
+/// The largest transfer after which the next wait spins.
+pub const SMALL: usize = 512;
 
 /// Probes between two reads of the clock: the clock can cost more than a probe.
 pub const CLOCK_STRIDE: u32 = 8;
@@ -120,6 +129,8 @@ pub struct Spinner {
     sleep_avg_ns: AtomicU64,
     /// When the current sleep began ([`mono_ns`]); 0: not sleeping.
     slept_at: AtomicU64,
+    /// Whether the last transfer was at most [`SMALL`] bytes.
+    small: AtomicBool,
 }
 
 impl Default for Spinner {
@@ -136,6 +147,7 @@ impl Spinner {
             budget_ns: AtomicU64::new(0),
             sleep_avg_ns: AtomicU64::new(0),
             slept_at: AtomicU64::new(0),
+            small: AtomicBool::new(true),
         };
         s.set_budget(budget);
         s
@@ -158,6 +170,12 @@ impl Spinner {
     fn effective_ns(&self) -> u64 {
         let b = self.budget_ns.load(Ordering::Relaxed);
         b.min(self.sleep_avg_ns.load(Ordering::Relaxed))
+    }
+
+    /// The waiter moved `n` bytes: only after a small transfer does its next
+    /// wait spin.
+    pub fn moved(&self, n: usize) {
+        self.small.store(n <= SMALL, Ordering::Relaxed);
     }
 
     /// The waiter is about to sleep (it armed and found nothing). A sleep already
@@ -216,7 +234,10 @@ impl Spinner {
         now: impl Fn(&C) -> u64,
     ) -> bool {
         let budget_ns = self.effective_ns();
-        if budget_ns == 0 {
+        if budget_ns == 0
+            || !self.small.load(Ordering::Relaxed)
+            || self.slept_at.load(Ordering::Relaxed) != 0
+        {
             return false;
         }
         spin_with(budget_ns, stride, || now(&clock), probe)
@@ -293,6 +314,38 @@ mod tests {
         });
         assert!(hit);
         assert_eq!(probes.get(), 5);
+    }
+
+    #[test]
+    fn only_small_transfers_and_fresh_waits_spin() {
+        let s = Spinner::new(Duration::from_nanos(10));
+        let probes = Cell::new(0u32);
+        let clock = Cell::new(0u64);
+        let spin = || {
+            let before = probes.get();
+            s.spin_clocked(
+                1,
+                (),
+                || {
+                    probes.set(probes.get() + 1);
+                    false
+                },
+                |()| {
+                    clock.set(clock.get() + 100);
+                    clock.get()
+                },
+            );
+            probes.get() > before
+        };
+        assert!(spin(), "spins at first");
+        s.moved(SMALL + 1);
+        assert!(!spin(), "not after a bulk transfer");
+        s.moved(SMALL);
+        assert!(spin());
+        s.sleeping_at(1);
+        assert!(!spin(), "not while asleep");
+        s.ready_at(2);
+        assert!(spin());
     }
 
     #[test]

@@ -23,8 +23,8 @@
 //!
 //! # Spinning before the wait
 //!
-//! Before it arms its request, a half that cannot progress looks at the ring for a
-//! short budget ([`crate::spin`]; [`ChannelStream::set_spin`]), because an
+//! Before it arms its request, a reader that cannot progress looks at the ring for
+//! a short budget ([`crate::spin`]; [`ChannelStream::set_spin`]), because an
 //! event-channel wakeup costs far more than the ring when the peer is about to
 //! answer. The spin blocks the calling worker thread for at most the budget and
 //! only delays the usual request, re-check and sleep, so it cannot lose a wakeup
@@ -138,8 +138,8 @@ impl Shared {
                 spin.ready();
                 return Poll::Ready(r);
             }
-            // Once per poll: a spurious kick must not restart the budget.
-            if !spun {
+            // Once per poll, and only readers (see `crate::spin`).
+            if !spun && half == READ {
                 spun = true;
                 if spin.spin(|| self.chan.wait_over(half == READ)) {
                     continue;
@@ -179,7 +179,10 @@ impl Shared {
             Err(Error::PeerClosed) => Some(Ok(0)),
             Err(e) => Some(Err(io_err(e))),
         });
-        r.map_ok(|n| buf.advance(n))
+        r.map_ok(|n| {
+            self.spin[READ].moved(n);
+            buf.advance(n)
+        })
     }
 
     fn poll_write(&self, cx: &mut Context<'_>, src: &[u8]) -> Poll<io::Result<usize>> {
