@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! run_dir = "/run/xenvt"        # per-guest socket directories go here
+//! control = "/run/xenvt/backend.ctl"  # metrics and status (root only)
 //! channel_path = "data/xenvt"   # where agents publish, under each guest's home
 //! # domains = ["vm1", "7"]      # names or ids; absent = every domain
 //!
@@ -23,11 +24,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use xenvt_ring::config::ConfigText;
 
 use crate::{Error, Result};
 
 /// The default socket directory.
 pub const DEFAULT_RUN_DIR: &str = "/run/xenvt";
+/// The default control socket (metrics and status).
+pub const DEFAULT_CONTROL: &str = "/run/xenvt/backend.ctl";
 
 /// The checked configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +40,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Root of the per-guest socket directories.
     pub run_dir: PathBuf,
+    /// The control socket: `GET /metrics` and `GET /status`.
+    pub control: PathBuf,
     /// Agents' xenstore path, relative to each guest's home.
     pub channel_path: String,
     /// The guests to serve; `None`: all.
@@ -81,6 +87,7 @@ pub struct GuestOpts {
 #[serde(deny_unknown_fields)]
 struct Raw {
     run_dir: Option<PathBuf>,
+    control: Option<PathBuf>,
     channel_path: Option<String>,
     domains: Option<Vec<String>>,
     #[serde(default)]
@@ -136,32 +143,39 @@ impl Default for Config {
 impl Config {
     /// Reads and checks `file`.
     pub fn load(file: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(file).map_err(|source| Error::ConfigRead {
-            file: file.to_owned(),
-            source,
-        })?;
+        let text = xenvt_ring::config::read(file)?;
         Config::from_str_for(Some(file), &text)
     }
 
     /// Parses and checks `text`; `file` names it in errors.
     pub fn from_str_for(file: Option<&Path>, text: &str) -> Result<Config> {
-        let bad = |problem: String| Error::Config {
-            file: file.map(Path::to_owned),
-            problem,
-        };
-        let raw: Raw = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let src = ConfigText::new(file, text);
+        let bad =
+            |key: &str, problem: String, fix: &str| Error::Config(src.error(key, problem, fix));
+        let raw: Raw = src.parse()?;
         let run_dir = raw.run_dir.unwrap_or_else(|| DEFAULT_RUN_DIR.into());
         if !run_dir.is_absolute() {
-            return Err(bad(format!(
-                "run_dir {} must be absolute",
-                run_dir.display()
-            )));
+            return Err(bad(
+                "run_dir",
+                format!("run_dir {} is relative", run_dir.display()),
+                "set run_dir to an absolute path such as \"/run/xenvt\"",
+            ));
+        }
+        let control = raw.control.unwrap_or_else(|| DEFAULT_CONTROL.into());
+        if !control.is_absolute() {
+            return Err(bad(
+                "control",
+                format!("control {} is relative", control.display()),
+                "set control to an absolute socket path such as \"/run/xenvt/backend.ctl\"",
+            ));
         }
         let channel_path = raw.channel_path.unwrap_or_else(|| "data/xenvt".into());
         if !valid_rel_path(&channel_path) {
-            return Err(bad(format!(
-                "channel_path {channel_path:?} must be a relative xenstore path of plain components"
-            )));
+            return Err(bad(
+                "channel_path",
+                format!("channel_path {channel_path:?} is not a relative xenstore path of plain components"),
+                "set channel_path to a relative path such as \"data/xenvt\" (the agent's channel.path)",
+            ));
         }
         let domains = raw.domains.map(|v| {
             v.into_iter()
@@ -173,23 +187,31 @@ impl Config {
         });
         let mut services = BTreeMap::new();
         for (name, s) in raw.services {
+            let key = format!("services.{name}");
             if !valid_name(&name) {
-                return Err(bad(format!(
-                    "service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')"
-                )));
+                return Err(bad(
+                    &key,
+                    format!(
+                        "service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')"
+                    ),
+                    "rename the service with those characters only",
+                ));
             }
             if let Some(d) = &s.deliver {
                 if !d.is_absolute() {
-                    return Err(bad(format!(
-                        "services.{name}.deliver {} must be an absolute socket path",
-                        d.display()
-                    )));
+                    return Err(bad(
+                        &format!("{key}.deliver"),
+                        format!("services.{name}.deliver {} is relative", d.display()),
+                        "set deliver to an absolute socket path such as \"/run/xenvt-proxy/vnc.sock\"",
+                    ));
                 }
             }
             if s.deliver.is_none() && !s.listen {
-                return Err(bad(format!(
-                    "services.{name} neither delivers (deliver = PATH) nor listens (listen = true)"
-                )));
+                return Err(bad(
+                    &key,
+                    format!("services.{name} neither delivers nor listens"),
+                    "set deliver = \"/path/to/service.sock\" or listen = true, or remove the table",
+                ));
             }
             services.insert(
                 name,
@@ -204,14 +226,23 @@ impl Config {
             let group = match g.group {
                 None => None,
                 Some(gname) => {
+                    let key = format!("guests.{name}.group");
                     let gid = match nix::unistd::Group::from_name(&gname) {
                         Ok(Some(gr)) => gr.gid.as_raw(),
                         Ok(None) => {
-                            return Err(bad(format!(
-                                "guests.{name}.group: no group named {gname:?}"
-                            )))
+                            return Err(bad(
+                                &key,
+                                format!("guests.{name}.group: no group named {gname:?}"),
+                                "create the group (groupadd) or set an existing one",
+                            ))
                         }
-                        Err(e) => return Err(bad(format!("guests.{name}.group {gname:?}: {e}"))),
+                        Err(e) => {
+                            return Err(bad(
+                                &key,
+                                format!("guests.{name}.group {gname:?}: {e}"),
+                                "check the system's group database, or remove group",
+                            ))
+                        }
                     };
                     Some((gname, gid))
                 }
@@ -220,25 +251,32 @@ impl Config {
         }
         let max_streams = raw.limits.max_streams.unwrap_or(256);
         if !(1..=65536).contains(&max_streams) {
-            return Err(bad(format!(
-                "limits.max_streams {max_streams} is outside 1..=65536"
-            )));
+            return Err(bad(
+                "limits.max_streams",
+                format!("limits.max_streams {max_streams} is outside 1..=65536"),
+                "set limits.max_streams between 1 and 65536 (256 is the default)",
+            ));
         }
         let stream_buf = raw.limits.stream_buf.unwrap_or(256 << 10);
         if !(4096..=(16 << 20)).contains(&stream_buf) {
-            return Err(bad(format!(
-                "limits.stream_buf {stream_buf} is outside 4096..=16777216"
-            )));
+            return Err(bad(
+                "limits.stream_buf",
+                format!("limits.stream_buf {stream_buf} is outside 4096..=16777216"),
+                "set limits.stream_buf between 4096 and 16777216 (262144 is the default)",
+            ));
         }
         let hello = raw.limits.hello_timeout_secs.unwrap_or(5);
         if !(1..=300).contains(&hello) {
-            return Err(bad(format!(
-                "limits.hello_timeout_secs {hello} is outside 1..=300"
-            )));
+            return Err(bad(
+                "limits.hello_timeout_secs",
+                format!("limits.hello_timeout_secs {hello} is outside 1..=300"),
+                "set limits.hello_timeout_secs between 1 and 300 (5 is the default)",
+            ));
         }
         Ok(Config {
             source: file.map(Path::to_owned),
             run_dir,
+            control,
             channel_path,
             domains,
             services,
@@ -330,12 +368,33 @@ mod tests {
             ("[limits]\nstream_buf = 1", "stream_buf"),
             ("channel_path = \"../x\"", "channel_path"),
             ("extra = 1", "unknown field"),
+            ("control = \"x.ctl\"", "control"),
         ];
         for (text, want) in cases {
             let e = Config::from_str_for(Some(f), text).unwrap_err().to_string();
-            assert!(e.starts_with("backend.toml: "), "{e}");
+            assert!(e.starts_with("backend.toml:"), "{e}");
             assert!(e.contains(want), "{text:?} -> {e}");
         }
+    }
+
+    #[test]
+    fn errors_give_the_line_and_the_fix() {
+        let f = Path::new("/etc/xenvt/backend.toml");
+        let text = "run_dir = \"/run/x\"\n\n[services.vnc]\nlisten = true\ndeliver = \"vnc.sock\"\n";
+        let e = Config::from_str_for(Some(f), text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/etc/xenvt/backend.toml:5:1: services.vnc.deliver vnc.sock is relative; \
+             set deliver to an absolute socket path such as \"/run/xenvt-proxy/vnc.sock\""
+        );
+        let e = Config::from_str_for(Some(f), "[services.ssh]\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/xenvt/backend.toml:1:11: services.ssh neither"), "{e}");
+        assert!(e.ends_with("or remove the table"), "{e}");
+        let e = Config::from_str_for(Some(f), "[limits]\nmax_stream = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/etc/xenvt/backend.toml:2:1: unknown field `max_stream`"), "{e}");
+        assert!(e.contains("did you mean `max_streams`?"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -34,23 +33,9 @@ use xs::Xs;
 /// Everything that stops the backend.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The configuration is invalid.
-    #[error("{}: {problem}", file.as_ref().map_or("built-in defaults".into(), |f| f.display().to_string()))]
-    Config {
-        /// The file, if the config came from one.
-        file: Option<PathBuf>,
-        /// What is wrong.
-        problem: String,
-    },
-    /// The configuration file cannot be read.
-    #[error("cannot read {}: {source}", file.display())]
-    ConfigRead {
-        /// The file.
-        file: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The configuration is invalid or unreadable: file, line, problem and fix.
+    #[error(transparent)]
+    Config(#[from] xenvt_ring::config::ConfigError),
     /// A channel, mux, platform or xenstore failure.
     #[error(transparent)]
     Ring(#[from] xenvt_ring::Error),

@@ -41,10 +41,11 @@ fn load(args: &Args) -> Result<Config, Error> {
     };
     if let Some(d) = &args.run_dir {
         if !d.is_absolute() {
-            return Err(Error::Config {
-                file: None,
-                problem: format!("--run-dir {} must be absolute", d.display()),
-            });
+            return Err(Error::Config(xenvt_ring::config::ConfigError::new(
+                None,
+                format!("--run-dir {} is relative", d.display()),
+                "give --run-dir an absolute path",
+            )));
         }
         cfg.run_dir = d.clone();
     }
