@@ -10,6 +10,7 @@
 
 pub mod channel;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod fdio;
 pub mod layout;
