@@ -2,7 +2,6 @@
 //!
 //! ```toml
 //! run_dir = "/run/xenvt"        # per-guest socket directories go here
-//! control = "/run/xenvt/backend.ctl"  # metrics and status (root only)
 //! channel_path = "data/xenvt"   # where agents publish, under each guest's home
 //! # domains = ["vm1", "7"]      # names or ids; absent = every domain
 //!
@@ -12,6 +11,10 @@
 //!
 //! [guests.vm1]
 //! group = "xenvt"               # vm1's sockets: directory 0750, sockets 0660, this group
+//!
+//! [control]                    # metrics and status, root only
+//! socket = "/run/xenvt/backend.ctl"  # default: <run_dir>/backend.ctl
+//! # listen = "127.0.0.1:9101"  # also on loopback TCP
 //!
 //! [limits]
 //! max_streams = 256
@@ -30,8 +33,8 @@ use crate::{Error, Result};
 
 /// The default socket directory.
 pub const DEFAULT_RUN_DIR: &str = "/run/xenvt";
-/// The default control socket (metrics and status).
-pub const DEFAULT_CONTROL: &str = "/run/xenvt/backend.ctl";
+/// The control socket's file name in `run_dir` unless `[control] socket` says otherwise.
+pub const CONTROL_NAME: &str = "backend.ctl";
 
 /// The checked configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,8 +43,10 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Root of the per-guest socket directories.
     pub run_dir: PathBuf,
-    /// The control socket: `GET /metrics` and `GET /status`.
+    /// The control socket (`GET /metrics`, `GET /status`): root-only, 0600.
     pub control: PathBuf,
+    /// Also serve the control endpoint on this loopback TCP address.
+    pub control_tcp: Option<std::net::SocketAddr>,
     /// Agents' xenstore path, relative to each guest's home.
     pub channel_path: String,
     /// The guests to serve; `None`: all.
@@ -87,7 +92,6 @@ pub struct GuestOpts {
 #[serde(deny_unknown_fields)]
 struct Raw {
     run_dir: Option<PathBuf>,
-    control: Option<PathBuf>,
     channel_path: Option<String>,
     domains: Option<Vec<String>>,
     #[serde(default)]
@@ -96,6 +100,15 @@ struct Raw {
     guests: BTreeMap<String, RawGuest>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    control: RawControl,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -161,13 +174,25 @@ impl Config {
                 "set run_dir to an absolute path such as \"/run/xenvt\"",
             ));
         }
-        let control = raw.control.unwrap_or_else(|| DEFAULT_CONTROL.into());
-        if !control.is_absolute() {
+        let control = raw
+            .control
+            .socket
+            .unwrap_or_else(|| run_dir.join(CONTROL_NAME));
+        if !control.is_absolute() || control.file_name().is_none() {
             return Err(bad(
-                "control",
-                format!("control {} is relative", control.display()),
-                "set control to an absolute socket path such as \"/run/xenvt/backend.ctl\"",
+                "control.socket",
+                format!("control.socket {} is not an absolute path", control.display()),
+                "set control.socket to an absolute path such as \"/run/xenvt/backend.ctl\"",
             ));
+        }
+        if let Some(a) = raw.control.listen {
+            xenvt_ring::control::check_tcp(a).map_err(|m| {
+                bad(
+                    "control.listen",
+                    format!("control.listen: {m}"),
+                    "use a loopback address such as \"127.0.0.1:9101\" (the endpoint has no password)",
+                )
+            })?;
         }
         let channel_path = raw.channel_path.unwrap_or_else(|| "data/xenvt".into());
         if !valid_rel_path(&channel_path) {
@@ -277,6 +302,7 @@ impl Config {
             source: file.map(Path::to_owned),
             run_dir,
             control,
+            control_tcp: raw.control.listen,
             channel_path,
             domains,
             services,
@@ -316,6 +342,7 @@ mod tests {
     fn defaults() {
         let c = Config::default();
         assert_eq!(c.run_dir, Path::new(DEFAULT_RUN_DIR));
+        assert_eq!(c.control, Path::new("/run/xenvt/backend.ctl"));
         assert_eq!(c.channel_path, "data/xenvt");
         assert!(c.domains.is_none());
         assert!(c.services.is_empty());
@@ -368,7 +395,8 @@ mod tests {
             ("[limits]\nstream_buf = 1", "stream_buf"),
             ("channel_path = \"../x\"", "channel_path"),
             ("extra = 1", "unknown field"),
-            ("control = \"x.ctl\"", "control"),
+            ("[control]\nsocket = \"x.ctl\"", "control.socket"),
+            ("[control]\nlisten = \"10.0.0.1:9\"", "loopback"),
         ];
         for (text, want) in cases {
             let e = Config::from_str_for(Some(f), text).unwrap_err().to_string();

@@ -22,6 +22,7 @@ use xenvt_ring::Platform;
 
 pub mod config;
 pub mod guest;
+pub mod metrics;
 pub use xenvt_ring::ratelimit;
 pub mod sockets;
 pub mod xs;
@@ -69,6 +70,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// How often the backend checks that xenstored still answers.
 pub const XS_PING: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The running control endpoint; dropping it stops it and removes the socket.
+struct Control {
+    _file: xenvt_ring::control::SocketFile,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
 struct Entry {
     kick: Arc<Notify>,
     stop: watch::Sender<bool>,
@@ -84,6 +99,7 @@ pub struct Backend<X: Xenstore + Clone> {
     guests: BTreeMap<u16, Entry>,
     /// Domains looked at and not served (not selected, or our own).
     ignored: BTreeSet<u16>,
+    stats: Arc<metrics::Registry>,
 }
 
 /// Watch events, coalesced: which domains to look at again, whether to list
@@ -174,7 +190,13 @@ impl<X: Xenstore + Clone> Backend<X> {
             own,
             guests: BTreeMap::new(),
             ignored: BTreeSet::new(),
+            stats: Arc::default(),
         })
+    }
+
+    /// The counters the control endpoint reports.
+    pub fn stats(&self) -> Arc<metrics::Registry> {
+        self.stats.clone()
     }
 
     /// Runs until `shutdown` resolves or xenstore fails, then tears every guest down.
@@ -192,6 +214,8 @@ impl<X: Xenstore + Clone> Backend<X> {
 
     async fn watch_loop(&mut self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         sockets::prepare_run_dir(&self.cfg.run_dir)?;
+        // Dropped (the socket removed, the servers stopped) when this returns.
+        let _control = self.start_control().await?;
         let dirty = Arc::new(Dirty::default());
         let mut forwarders = Vec::new();
         for path in ["/local/domain", "@introduceDomain", "@releaseDomain"] {
@@ -302,7 +326,10 @@ impl<X: Xenstore + Clone> Backend<X> {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let kick = Arc::new(Notify::new());
+        let stats = Arc::new(metrics::GuestStats::new(id, &name));
+        self.stats.add(stats.clone());
         let g = Guest {
+            stats,
             domid: id,
             name: name.clone(),
             cfg: self.cfg.clone(),
@@ -312,7 +339,7 @@ impl<X: Xenstore + Clone> Backend<X> {
             stop: stop_rx,
         };
         info!(guest = id, name = ?name, "serving guest");
-        let task = tokio::spawn(g.run().instrument(info_span!("guest", domid = id)));
+        let task = tokio::spawn(g.run().instrument(info_span!("guest", domid = id, name = %name)));
         self.guests.insert(
             id,
             Entry {
@@ -325,6 +352,7 @@ impl<X: Xenstore + Clone> Backend<X> {
     }
 
     async fn stop_guest(&mut self, id: u16) {
+        self.stats.remove(id);
         if let Some(e) = self.guests.remove(&id) {
             info!(guest = id, "guest gone: tearing down");
             let _ = e.stop.send(true);
@@ -332,6 +360,31 @@ impl<X: Xenstore + Clone> Backend<X> {
                 warn!(guest = id, "guest task failed: {err}");
             }
         }
+    }
+
+    /// Binds the control socket (and the TCP address, if any) and serves them.
+    async fn start_control(&self) -> Result<Control> {
+        let (l, file) = xenvt_ring::control::bind_unix(&self.cfg.control).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("control socket {}: {e}", self.cfg.control.display()),
+            )
+        })?;
+        let h: Arc<dyn xenvt_ring::control::Handler> = self.stats.clone();
+        let mut tasks = vec![tokio::spawn(
+            xenvt_ring::control::serve_unix(l, h.clone()).in_current_span(),
+        )];
+        info!(socket = %self.cfg.control.display(), "control endpoint");
+        if let Some(a) = self.cfg.control_tcp {
+            let l = tokio::net::TcpListener::bind(a).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("control address {a}: {e}"))
+            })?;
+            info!(addr = %l.local_addr()?, "control endpoint");
+            tasks.push(tokio::spawn(
+                xenvt_ring::control::serve_tcp(l, h).in_current_span(),
+            ));
+        }
+        Ok(Control { _file: file, tasks })
     }
 
     async fn stop_all(&mut self) {
