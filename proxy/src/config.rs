@@ -53,6 +53,10 @@
 //! listen = "127.0.0.1:6080"     # anything but loopback needs a viewer password
 //! path = "/websockify"          # ws://HOST:PORT/websockify/<domid or name>
 //! novnc_dir = "/usr/share/xenvt/novnc"  # holds noVNC's core/ and vendor/
+//!
+//! [control]                     # metrics and status, root only
+//! socket = "/run/xenvt-proxy/proxy.ctl"  # default: proxy.ctl beside upstream.backend_socket
+//! # listen = "127.0.0.1:9102"  # also on loopback TCP
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -70,6 +74,8 @@ use crate::view::{Binding, SwitchPolicy, Target};
 
 /// The default viewer port is this plus the domain id.
 pub const BASE_PORT: u16 = 5900;
+/// The control socket's file name beside the backend socket, unless configured.
+pub const CONTROL_NAME: &str = "proxy.ctl";
 /// Where the TCP reverse listener listens unless told otherwise.
 pub const DEFAULT_REVERSE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5500);
 
@@ -90,6 +96,15 @@ struct RawConfig {
     #[serde(default)]
     xenstore: RawXenstore,
     web: Option<RawWeb>,
+    #[serde(default)]
+    control: RawControl,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<PathBuf>,
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -309,6 +324,10 @@ pub struct Config {
     pub xenstore: XenstoreConfig,
     /// The web listener, if any.
     pub web: Option<WebConfig>,
+    /// The control socket (`GET /metrics`, `GET /status`), root-only 0600.
+    pub control: Option<PathBuf>,
+    /// Also serve the control endpoint on this loopback TCP address.
+    pub control_tcp: Option<SocketAddr>,
 }
 
 fn encoding_number(name: &str) -> Option<i32> {
@@ -680,7 +699,34 @@ impl Config {
             }
         };
 
+        let backend_socket = u.backend_socket.map(|p| rel(&p));
+        let control = match raw.control.socket {
+            Some(p) if p.file_name().is_none() => {
+                return Err(bad(
+                    "control.socket",
+                    format!("control.socket {} names no file", p.display()),
+                    "set control.socket to a socket path such as \"/run/xenvt-proxy/proxy.ctl\"",
+                ))
+            }
+            Some(p) => Some(rel(&p)),
+            None => backend_socket
+                .as_ref()
+                .and_then(|b| b.parent())
+                .map(|d| d.join(CONTROL_NAME)),
+        };
+        if let Some(a) = raw.control.listen {
+            xenvt_ring::control::check_tcp(a).map_err(|m| {
+                bad(
+                    "control.listen",
+                    format!("control.listen: {m}"),
+                    "use a loopback address such as \"127.0.0.1:9102\" (the endpoint has no password)",
+                )
+            })?;
+        }
+
         Ok(Config {
+            control,
+            control_tcp: raw.control.listen,
             console,
             switch,
             xenstore,
@@ -691,7 +737,7 @@ impl Config {
             auto_domains: v.auto_domains.unwrap_or(true),
             port_base: v.port_base.unwrap_or(BASE_PORT),
             upstream: UpstreamConfig {
-                backend_socket: u.backend_socket.map(|p| rel(&p)),
+                backend_socket,
                 encodings,
                 continuous_updates: u.continuous_updates.unwrap_or(true),
             },

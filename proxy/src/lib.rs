@@ -11,6 +11,8 @@ pub mod console_view;
 pub mod daemon;
 pub mod domain;
 pub mod error;
+pub mod metrics;
+pub mod control;
 pub mod region;
 pub mod rfb;
 pub mod upstream;

@@ -179,6 +179,7 @@ where
         shown: kind != ViewKind::Desktop,
     };
     up.view.set_detail(&init.name);
+    let rd = domain.stats().count_upstream(rd);
     let mut reader = RfbReader::new(rd, DecoderLimits::default().max_rect_bytes + 4096);
     let res = tokio::select! {
         r = up.run(&mut reader, &mut dec) => match r {
