@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 use xenvt_ring::xenstore::Xenstore;
 
 use crate::console::log::ConsoleLog;
@@ -133,7 +133,8 @@ fn follow_node<X: Xenstore + Clone>(
             f2.notify_one();
         }
         warn!("the watch on {p2} ended");
-    });
+    }
+    .in_current_span());
     let reader = tokio::spawn(async move {
         loop {
             fired.notified().await;
@@ -148,7 +149,8 @@ fn follow_node<X: Xenstore + Clone>(
                 Err(e) => warn!("reading {path}: {e}"),
             }
         }
-    });
+    }
+    .in_current_span());
     Ok((
         rx,
         AbortOnDrop(vec![drain.abort_handle(), reader.abort_handle()]),
@@ -395,7 +397,8 @@ async fn session(
                 break;
             }
         }
-    });
+    }
+    .in_current_span());
     let _writer = AbortOnDrop(vec![writer.abort_handle()]);
     let mut dropped = 0u64;
     let mut send = |bytes: Vec<u8>| {

@@ -67,7 +67,7 @@ impl Control {
                 domid: info.domid,
                 name: info.name,
                 viewers: info.viewers as u64,
-                view: info.view,
+                view: d.current_label(),
                 desktop: desktop.into(),
                 updates_sent: st.updates_sent.load(Ordering::Relaxed),
                 bytes_to_viewers: st.bytes_to_viewers.load(Ordering::Relaxed),

@@ -389,7 +389,7 @@ impl Daemon {
             cs.config.rows * crate::console::font::GLYPH_H,
         );
         let (dom, port) = Domain::new(dc.domid, &dc.name, Arc::new(policy), (w, h))?;
-        let span = info_span!("domain", id = dc.domid);
+        let span = info_span!("domain", domid = dc.domid, name = %dc.name);
         let mut tasks = Vec::new();
         let xs = self.xs.clone();
         tasks.push(
@@ -427,7 +427,12 @@ impl Daemon {
             tasks.push(
                 tokio::spawn(
                     dial_loop(dom.clone(), e.dial.clone(), set)
-                        .instrument(info_span!("upstream", id = dc.domid, name = %e.name)),
+                        .instrument(info_span!(
+                            "upstream",
+                            domid = dc.domid,
+                            name = %dc.name,
+                            view = %e.name
+                        )),
                 )
                 .abort_handle(),
             );
@@ -568,7 +573,7 @@ impl Daemon {
             }
         };
         dom.set_name(&o.domain);
-        let span = info_span!("domain", id = o.domid, name = %o.domain);
+        let span = info_span!("domain", domid = o.domid, name = %o.domain);
         self.serve_desktop(dom, s).instrument(span).await;
         Ok(())
     }
@@ -592,7 +597,7 @@ impl Daemon {
             conns.spawn(
                 self.clone()
                     .serve_desktop(dom.clone(), s)
-                    .instrument(info_span!("domain", id = domid)),
+                    .instrument(info_span!("domain", domid = domid, name = %dom.name())),
             );
             while conns.try_join_next().is_some() {}
         }

@@ -304,6 +304,16 @@ impl Domain {
         }
     }
 
+    /// The current view's label: its kind, or its slot for a configured upstream.
+    pub fn current_label(&self) -> String {
+        let st = lock(&self.state);
+        let v = st.current_view();
+        match v.kind {
+            ViewKind::Upstream => v.slot.clone(),
+            k => k.label().to_owned(),
+        }
+    }
+
     /// The kind of the current view.
     pub fn current_kind(&self) -> ViewKind {
         lock(&self.state).current_view().kind

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::domain::{Domain, ViewHandle};
 use crate::error::{Error, Result};
@@ -152,7 +152,8 @@ where
                 break;
             }
         }
-    });
+    }
+    .in_current_span());
     let input = Arc::new(DesktopInput {
         tx: tx.clone(),
         dropped: AtomicU64::new(0),
