@@ -181,7 +181,10 @@ impl Config {
         if !control.is_absolute() || control.file_name().is_none() {
             return Err(bad(
                 "control.socket",
-                format!("control.socket {} is not an absolute path", control.display()),
+                format!(
+                    "control.socket {} is not an absolute path",
+                    control.display()
+                ),
                 "set control.socket to an absolute path such as \"/run/xenvt/backend.ctl\"",
             ));
         }
@@ -408,20 +411,29 @@ mod tests {
     #[test]
     fn errors_give_the_line_and_the_fix() {
         let f = Path::new("/etc/xenvt/backend.toml");
-        let text = "run_dir = \"/run/x\"\n\n[services.vnc]\nlisten = true\ndeliver = \"vnc.sock\"\n";
+        let text =
+            "run_dir = \"/run/x\"\n\n[services.vnc]\nlisten = true\ndeliver = \"vnc.sock\"\n";
         let e = Config::from_str_for(Some(f), text).unwrap_err().to_string();
         assert_eq!(
             e,
             "/etc/xenvt/backend.toml:5:1: services.vnc.deliver vnc.sock is relative; \
              set deliver to an absolute socket path such as \"/run/xenvt-proxy/vnc.sock\""
         );
-        let e = Config::from_str_for(Some(f), "[services.ssh]\n").unwrap_err().to_string();
-        assert!(e.starts_with("/etc/xenvt/backend.toml:1:11: services.ssh neither"), "{e}");
+        let e = Config::from_str_for(Some(f), "[services.ssh]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/xenvt/backend.toml:1:11: services.ssh neither"),
+            "{e}"
+        );
         assert!(e.ends_with("or remove the table"), "{e}");
         let e = Config::from_str_for(Some(f), "[limits]\nmax_stream = 3\n")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("/etc/xenvt/backend.toml:2:1: unknown field `max_stream`"), "{e}");
+        assert!(
+            e.starts_with("/etc/xenvt/backend.toml:2:1: unknown field `max_stream`"),
+            "{e}"
+        );
         assert!(e.contains("did you mean `max_streams`?"), "{e}");
     }
 

@@ -205,7 +205,8 @@ impl<X: Xenstore> Guest<X> {
                 })
             }
         };
-        self.stats.attached(&handle, geo.left_order, geo.right_order);
+        self.stats
+            .attached(&handle, geo.left_order, geo.right_order);
         info!(
             left_order = geo.left_order,
             right_order = geo.right_order,

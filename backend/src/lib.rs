@@ -339,7 +339,10 @@ impl<X: Xenstore + Clone> Backend<X> {
             stop: stop_rx,
         };
         info!(guest = id, name = ?name, "serving guest");
-        let task = tokio::spawn(g.run().instrument(info_span!("guest", domid = id, name = %name)));
+        let task = tokio::spawn(
+            g.run()
+                .instrument(info_span!("guest", domid = id, name = %name)),
+        );
         self.guests.insert(
             id,
             Entry {
@@ -376,9 +379,9 @@ impl<X: Xenstore + Clone> Backend<X> {
         )];
         info!(socket = %self.cfg.control.display(), "control endpoint");
         if let Some(a) = self.cfg.control_tcp {
-            let l = tokio::net::TcpListener::bind(a).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("control address {a}: {e}"))
-            })?;
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("control address {a}: {e}")))?;
             info!(addr = %l.local_addr()?, "control endpoint");
             tasks.push(tokio::spawn(
                 xenvt_ring::control::serve_tcp(l, h).in_current_span(),

@@ -134,8 +134,7 @@ impl GuestStats {
             bytes_to_guest: total.bytes_tx,
             bytes_from_guest: total.bytes_rx,
             credit_stalls: total.credit_stalls,
-            frames_rejected: total.stream_violations
-                + self.protocol_errors.load(Ordering::Relaxed),
+            frames_rejected: total.stream_violations + self.protocol_errors.load(Ordering::Relaxed),
             reconnects: attachments.saturating_sub(1),
         }
     }

@@ -170,13 +170,16 @@ impl Config {
     /// Parses and checks `text`; `file` names it in errors.
     pub fn from_str_for(file: Option<&Path>, text: &str) -> Result<Config> {
         let src = ConfigText::new(file, text);
-        let bad = |key: &str, problem: String, fix: &str| Error::Config(src.error(key, problem, fix));
+        let bad =
+            |key: &str, problem: String, fix: &str| Error::Config(src.error(key, problem, fix));
         let raw: Raw = src.parse()?;
         let path = raw.channel.path.unwrap_or_else(|| "data/xenvt".into());
         if !valid_rel_path(&path) {
             return Err(bad(
                 "channel.path",
-                format!("channel.path {path:?} is not a relative xenstore path of plain components"),
+                format!(
+                    "channel.path {path:?} is not a relative xenstore path of plain components"
+                ),
                 "set channel.path to a relative path such as \"data/xenvt\"",
             ));
         }
@@ -199,7 +202,13 @@ impl Config {
         let mut listen = Vec::new();
         let mut seen = BTreeSet::new();
         for (i, l) in raw_listen.into_iter().enumerate() {
-            let at = |k: &str| if explicit { format!("listen.{i}.{k}") } else { String::new() };
+            let at = |k: &str| {
+                if explicit {
+                    format!("listen.{i}.{k}")
+                } else {
+                    String::new()
+                }
+            };
             let address: SocketAddr = l.address.parse().map_err(|_| {
                 bad(
                     &at("address"),
@@ -210,7 +219,10 @@ impl Config {
             if !valid_service(&l.service) {
                 return Err(bad(
                     &at("service"),
-                    format!("listen service {:?} is not 1 to 64 of A-Z a-z 0-9 . _ -", l.service),
+                    format!(
+                        "listen service {:?} is not 1 to 64 of A-Z a-z 0-9 . _ -",
+                        l.service
+                    ),
                     "rename the service with those characters only",
                 ));
             }
@@ -389,8 +401,14 @@ mod tests {
         let e = Config::from_str_for(Some(f), "[channel]\nring_ordr = 12\n")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("agent.toml:2:1: unknown field `ring_ordr`"), "{e}");
-        assert!(e.ends_with("did you mean `ring_order`? rename it, or remove `ring_ordr`"), "{e}");
+        assert!(
+            e.starts_with("agent.toml:2:1: unknown field `ring_ordr`"),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("did you mean `ring_order`? rename it, or remove `ring_ordr`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -610,7 +610,10 @@ impl Config {
                     return Err(bad(
                         "reverse.domid",
                         format!("reverse: domain {} has no [[domain]] section", r.domid),
-                        &format!("add a [[domain]] with domid = {}, or correct reverse.domid", r.domid),
+                        &format!(
+                            "add a [[domain]] with domid = {}, or correct reverse.domid",
+                            r.domid
+                        ),
                     ));
                 }
                 Some((r.listen.unwrap_or(DEFAULT_REVERSE), r.domid))
@@ -700,20 +703,19 @@ impl Config {
         };
 
         let backend_socket = u.backend_socket.map(|p| rel(&p));
-        let control = match raw.control.socket {
-            Some(p) if p.file_name().is_none() => {
-                return Err(bad(
+        let control =
+            match raw.control.socket {
+                Some(p) if p.file_name().is_none() => return Err(bad(
                     "control.socket",
                     format!("control.socket {} names no file", p.display()),
                     "set control.socket to a socket path such as \"/run/xenvt-proxy/proxy.ctl\"",
-                ))
-            }
-            Some(p) => Some(rel(&p)),
-            None => backend_socket
-                .as_ref()
-                .and_then(|b| b.parent())
-                .map(|d| d.join(CONTROL_NAME)),
-        };
+                )),
+                Some(p) => Some(rel(&p)),
+                None => backend_socket
+                    .as_ref()
+                    .and_then(|b| b.parent())
+                    .map(|d| d.join(CONTROL_NAME)),
+            };
         if let Some(a) = raw.control.listen {
             xenvt_ring::control::check_tcp(a).map_err(|m| {
                 bad(
@@ -899,13 +901,22 @@ mod tests {
             "/etc/xenvt/proxy.toml:9:1: domain 2: connect: \"udp:x\" must start with tcp: or unix:; \
              use \"tcp:HOST:PORT\" or \"unix:PATH\""
         );
-        let e = parse("[viewer]\nsecurity = \"tls\"\n").unwrap_err().to_string();
+        let e = parse("[viewer]\nsecurity = \"tls\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("/etc/xenvt/proxy.toml:2:1: "), "{e}");
         assert!(e.ends_with("use one of \"none\", \"vncauth\""), "{e}");
-        let e = parse("[upstream]\nencodings = [\"raw\", \"h264\"]\n").unwrap_err().to_string();
+        let e = parse("[upstream]\nencodings = [\"raw\", \"h264\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("/etc/xenvt/proxy.toml:2:21: "), "{e}");
-        let e = parse("[xenstore]\ndomain = true\n").unwrap_err().to_string();
-        assert!(e.starts_with("/etc/xenvt/proxy.toml:2:1: unknown field `domain`"), "{e}");
+        let e = parse("[xenstore]\ndomain = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/xenvt/proxy.toml:2:1: unknown field `domain`"),
+            "{e}"
+        );
         assert!(e.contains("did you mean `domains`?"), "{e}");
     }
 

@@ -169,7 +169,14 @@ impl Control {
         let mut reasons = Vec::new();
         for (d, id) in st.domains.iter().zip(&ids) {
             for (r, n) in &d.viewer_disconnects {
-                reasons.push(([("domid", id.as_str()), ("name", d.name.as_str()), ("reason", *r)], *n));
+                reasons.push((
+                    [
+                        ("domid", id.as_str()),
+                        ("name", d.name.as_str()),
+                        ("reason", *r),
+                    ],
+                    *n,
+                ));
             }
         }
         e.family(

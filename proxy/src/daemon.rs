@@ -426,13 +426,12 @@ impl Daemon {
             };
             tasks.push(
                 tokio::spawn(
-                    dial_loop(dom.clone(), e.dial.clone(), set)
-                        .instrument(info_span!(
-                            "upstream",
-                            domid = dc.domid,
-                            name = %dc.name,
-                            view = %e.name
-                        )),
+                    dial_loop(dom.clone(), e.dial.clone(), set).instrument(info_span!(
+                        "upstream",
+                        domid = dc.domid,
+                        name = %dc.name,
+                        view = %e.name
+                    )),
                 )
                 .abort_handle(),
             );

@@ -52,9 +52,7 @@ impl Disconnect {
             Ok(()) => Disconnect::Closed,
             Err(E::Rfb(R::Closed)) => Disconnect::Left,
             Err(E::Rfb(R::Io(_)) | E::Io { .. }) => Disconnect::Io,
-            Err(E::Rfb(R::Version(_) | R::NoSecurity | R::AuthFailed(_))) => {
-                Disconnect::Handshake
-            }
+            Err(E::Rfb(R::Version(_) | R::NoSecurity | R::AuthFailed(_))) => Disconnect::Handshake,
             Err(E::Refused(m)) if m.contains("handshake") => Disconnect::Handshake,
             Err(_) => Disconnect::Protocol,
         }
@@ -76,13 +74,21 @@ pub struct DomainStats {
 }
 
 impl DomainStats {
-    /// Counts `n` bytes sent to a viewer, `update` if it held a FramebufferUpdate.
-    pub fn sent(&self, n: usize, update: bool) {
-        self.bytes_to_viewers
-            .fetch_add(n as u64, Ordering::Relaxed);
-        if update {
+    /// Counts a viewer through the handshake.
+    pub fn viewer_connected(&self) {
+        self.viewers_connected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a FramebufferUpdate put together for a viewer, if `sent`.
+    pub fn update_sent(&self, sent: bool) {
+        if sent {
             self.updates_sent.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts `n` bytes written to a viewer.
+    pub fn bytes_sent(&self, n: usize) {
+        self.bytes_to_viewers.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Counts a viewer session's end.

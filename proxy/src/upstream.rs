@@ -136,7 +136,7 @@ where
     wr.write_all(&first).await.map_err(crate::rfb::Error::Io)?;
 
     let (tx, mut rx) = mpsc::channel::<ClientMessage>(INPUT_QUEUE);
-    let writer = tokio::spawn(async move {
+    let writer = async move {
         let mut buf = Vec::new();
         while let Some(m) = rx.recv().await {
             buf.clear();
@@ -152,8 +152,8 @@ where
                 break;
             }
         }
-    }
-    .in_current_span());
+    };
+    let writer = tokio::spawn(writer.in_current_span());
     let input = Arc::new(DesktopInput {
         tx: tx.clone(),
         dropped: AtomicU64::new(0),

@@ -80,7 +80,7 @@ where
     .await
     .map_err(|_| Error::Refused("viewer handshake timed out"))??;
     debug!(version = ?hello.version, shared = hello.shared, "viewer connected");
-    (domain.stats().viewers_connected).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    domain.stats().viewer_connected();
     let (id, shared) = domain.attach();
     let _guard = Detach(&domain, id);
     let (rd, wr) = tokio::io::split(stream);
@@ -278,7 +278,7 @@ impl<W: AsyncRead + AsyncWrite + Unpin> Writer<W> {
         let mut did = !out.is_empty();
         if self.requested || self.cu {
             let sent = self.update(domain, force_full, dom.resized, sds_reply)?;
-            domain.stats().sent(0, sent);
+            domain.stats().update_sent(sent);
             did |= sent;
         } else if force_full {
             // Remember the full update for when it is asked for.
@@ -289,7 +289,7 @@ impl<W: AsyncRead + AsyncWrite + Unpin> Writer<W> {
                 .write_all(&self.buf)
                 .await
                 .map_err(crate::rfb::Error::Io)?;
-            domain.stats().sent(self.buf.len(), false);
+            domain.stats().bytes_sent(self.buf.len());
         }
         Ok(did)
     }

@@ -18,7 +18,11 @@ async fn status_and_metrics_report_the_domain_and_its_viewer() {
          [[domain]]\ndomid = 1\nname = \"vm1\"\nport = 0\nconsole = \"none\"\n",
     );
     let ctl = dir.path().join("ctl.sock");
-    assert!(p.extra.iter().any(|l| l.starts_with("control path=")), "{:?}", p.extra);
+    assert!(
+        p.extra.iter().any(|l| l.starts_with("control path=")),
+        "{:?}",
+        p.extra
+    );
     let mode = std::fs::metadata(&ctl).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 
@@ -55,14 +59,21 @@ async fn status_and_metrics_report_the_domain_and_its_viewer() {
 
     drop(v);
     assert!(p.stop().success());
-    assert!(!ctl.exists(), "the control socket is removed on a clean exit");
+    assert!(
+        !ctl.exists(),
+        "the control socket is removed on a clean exit"
+    );
 }
 
 #[test]
 fn check_prints_the_line_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("p.toml");
-    std::fs::write(&cfg, "[viewer]\nlisten = \"127.0.0.1\"\n\n[control]\nlisten = \"0.0.0.0:9102\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[viewer]\nlisten = \"127.0.0.1\"\n\n[control]\nlisten = \"0.0.0.0:9102\"\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_xenvt-proxy"))
         .arg("--config")
         .arg(&cfg)

@@ -269,10 +269,18 @@ mod tests {
         let e = ConfigText::new(Some(f()), text).parse::<T>().unwrap_err();
         assert_eq!(e.at, Some((2, 1)), "{e}");
         let s = e.to_string();
-        assert!(s.starts_with("x.toml:2:1: unknown field `max_stream`"), "{s}");
+        assert!(
+            s.starts_with("x.toml:2:1: unknown field `max_stream`"),
+            "{s}"
+        );
         assert!(s.ends_with("did you mean `max_streams`? rename it, or remove `max_stream`"));
-        let e = ConfigText::new(Some(f()), "zzz = 1").parse::<T>().unwrap_err();
-        assert!(e.fix.starts_with("remove `zzz`, or use one of `run_dir`"), "{e}");
+        let e = ConfigText::new(Some(f()), "zzz = 1")
+            .parse::<T>()
+            .unwrap_err();
+        assert!(
+            e.fix.starts_with("remove `zzz`, or use one of `run_dir`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -301,7 +309,11 @@ mod tests {
         assert_eq!(c.locate("domain.1.port"), Some((12, 1)));
         assert_eq!(c.locate("domain.0.port"), Some((8, 1)));
         assert_eq!(c.locate("nothing"), None);
-        let e = c.error("run_dir", "run_dir \"r\" is relative", "set an absolute path");
+        let e = c.error(
+            "run_dir",
+            "run_dir \"r\" is relative",
+            "set an absolute path",
+        );
         assert_eq!(
             e.to_string(),
             "x.toml:1:1: run_dir \"r\" is relative; set an absolute path"

@@ -208,12 +208,17 @@ async fn get_on<S: AsyncRead + AsyncWrite + Unpin>(
     path: &str,
     max: usize,
 ) -> io::Result<String> {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut out = Vec::new();
     (&mut s).take(max as u64 + 1).read_to_end(&mut out).await?;
     if out.len() > max {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "answer too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "answer too large",
+        ));
     }
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
     let split = out
@@ -334,10 +339,7 @@ mod tests {
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // A second daemon on the same path is refused while the first answers.
-        assert_eq!(
-            bind_unix(&p).unwrap_err().kind(),
-            io::ErrorKind::AddrInUse
-        );
+        assert_eq!(bind_unix(&p).unwrap_err().kind(), io::ErrorKind::AddrInUse);
         let t = tokio::spawn(serve_unix(l, Arc::new(H)));
         assert_eq!(get_unix(&p, "/metrics", 1 << 20).await.unwrap(), "m 1\n");
         let e = get_unix(&p, "/nope", 1 << 20).await.unwrap_err();
@@ -358,7 +360,11 @@ mod tests {
             (b"POST /metrics HTTP/1.1\r\n\r\n".to_vec(), "405"),
             (b"\x00\x01garbage\r\n\r\n".to_vec(), "400"),
             (
-                [b"GET /metrics HTTP/1.1\r\nX: ".as_slice(), &[b'a'; MAX_REQUEST]].concat(),
+                [
+                    b"GET /metrics HTTP/1.1\r\nX: ".as_slice(),
+                    &[b'a'; MAX_REQUEST],
+                ]
+                .concat(),
                 "431",
             ),
         ] {

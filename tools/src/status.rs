@@ -130,8 +130,17 @@ pub fn render(backend: &Reply<BackendDomain>, proxy: &Reply<ProxyDomain>) -> Str
         rows.entry(p.domid).or_default().1 = Some(p);
     }
     let head = [
-        "DOMID", "NAME", "AGENT", "ORDERS", "STREAMS", "TO-GUEST", "FROM-GUEST", "STALLS",
-        "VIEWERS", "VIEW", "DESKTOP",
+        "DOMID",
+        "NAME",
+        "AGENT",
+        "ORDERS",
+        "STREAMS",
+        "TO-GUEST",
+        "FROM-GUEST",
+        "STALLS",
+        "VIEWERS",
+        "VIEW",
+        "DESKTOP",
     ];
     let mut table: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     let dash = || "-".to_string();
@@ -167,7 +176,13 @@ pub fn render(backend: &Reply<BackendDomain>, proxy: &Reply<ProxyDomain>) -> Str
         return out;
     }
     let widths: Vec<usize> = (0..head.len())
-        .map(|i| table.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            table
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for r in &table {
         let mut line = String::new();
@@ -249,12 +264,21 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3, "{t}");
         assert!(lines[0].starts_with("DOMID  NAME"), "{t}");
-        assert!(lines[1].contains("attached") && lines[1].contains("15/17"), "{t}");
-        assert!(lines[1].contains("1.5 KiB") && lines[1].contains("3.0 MiB"), "{t}");
+        assert!(
+            lines[1].contains("attached") && lines[1].contains("15/17"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("1.5 KiB") && lines[1].contains("3.0 MiB"),
+            "{t}"
+        );
         assert!(lines[1].ends_with("console  connected"), "{t}");
         assert!(lines[2].starts_with("2      vm?2"), "{t}");
         let t = render(&Err("not answering on /x: refused".into()), &p);
-        assert!(t.starts_with("backend: down (not answering on /x: refused)\n"), "{t}");
+        assert!(
+            t.starts_with("backend: down (not answering on /x: refused)\n"),
+            "{t}"
+        );
         let j: serde_json::Value =
             serde_json::from_str(&render_json(&Err("e".into()), &p)).unwrap();
         assert_eq!(j["backend"]["up"], false);

@@ -20,7 +20,11 @@ const PROXY: &str = r#"{"daemon":"proxy","domains":[{"domid":4,"name":"vm4","vie
 
 async fn status(backend: &Path, proxy: &Path, json: bool) -> std::process::Output {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_xenvt"));
-    c.arg("status").arg("--backend").arg(backend).arg("--proxy").arg(proxy);
+    c.arg("status")
+        .arg("--backend")
+        .arg(backend)
+        .arg("--proxy")
+        .arg(proxy);
     if json {
         c.arg("--json");
     }
@@ -43,7 +47,16 @@ async fn table_json_and_daemons_down() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines[0].starts_with("DOMID  NAME  AGENT"), "{text}");
-    for want in ["vm4", "attached", "15/17", "1 (3 total)", "2.0 KiB", "10 B", "desktop", "connected"] {
+    for want in [
+        "vm4",
+        "attached",
+        "15/17",
+        "1 (3 total)",
+        "2.0 KiB",
+        "10 B",
+        "desktop",
+        "connected",
+    ] {
         assert!(lines[1].contains(want), "{want:?} missing: {text}");
     }
 
@@ -68,5 +81,8 @@ async fn table_json_and_daemons_down() {
     let out = status(&b, &p, false).await;
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(text.contains("backend: down") && text.contains("proxy: down"), "{text}");
+    assert!(
+        text.contains("backend: down") && text.contains("proxy: down"),
+        "{text}"
+    );
 }
