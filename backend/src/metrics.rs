@@ -102,7 +102,10 @@ impl GuestStats {
         if protocol {
             self.protocol_errors.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(h) = lock(&self.live).take() {
+        // `live` is held while `past` grows, as in `snapshot`: a reader never
+        // sees an attachment in neither (a counter going back).
+        let mut live = lock(&self.live);
+        if let Some(h) = live.take() {
             add(&mut lock(&self.past), &h.stats());
         }
         self.orders.store(0, Ordering::Relaxed);
@@ -111,13 +114,15 @@ impl GuestStats {
 
     /// What `/status` says of this guest.
     pub fn snapshot(&self) -> GuestStatus {
+        let live = lock(&self.live);
         let mut total = *lock(&self.past);
         let mut open = 0;
-        if let Some(h) = lock(&self.live).as_ref() {
+        if let Some(h) = live.as_ref() {
             let now = h.stats();
             open = now.streams_open;
             add(&mut total, &now);
         }
+        drop(live);
         let attachments = self.attachments.load(Ordering::Relaxed);
         GuestStatus {
             domid: self.domid,
