@@ -355,6 +355,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.ctl");
+        let (l, _f) = bind_unix(&p).unwrap();
+        let t = tokio::spawn(serve_unix(l, Arc::new(H)));
+        // Idle clients hold every slot (until their timeout).
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNS {
+            idle.push(tokio::net::UnixStream::connect(&p).await.unwrap());
+        }
+        // Accepted in order: by the time this one is looked at, the slots are taken.
+        let mut over = tokio::net::UnixStream::connect(&p).await.unwrap();
+        over.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.ok();
+        let mut out = Vec::new();
+        let r = over.read_to_end(&mut out).await;
+        assert!(
+            r.is_err() || out.is_empty(),
+            "served beyond the cap: {out:?}"
+        );
+        // A client in a slot is still served.
+        idle[0]
+            .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        idle[0].read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        t.abort();
+    }
+
+    #[tokio::test]
     async fn bad_and_oversized_requests_get_errors() {
         for (req, want) in [
             (b"POST /metrics HTTP/1.1\r\n\r\n".to_vec(), "405"),
