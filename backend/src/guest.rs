@@ -264,7 +264,7 @@ impl<X: Xenstore> Guest<X> {
         }
         if !valid_name(&self.name) || self.cfg.run_dir.join(&self.name) == self.cfg.control {
             if let Some(n) = allow(limiter) {
-                warn!(suppressed = n, name = ?self.name, "domain name is not a safe file name: no sockets");
+                warn!(suppressed = n, name = ?self.name, "domain name is not a safe file name, or is the control socket's: no sockets");
             }
             return Ok(None);
         }

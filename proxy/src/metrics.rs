@@ -49,8 +49,9 @@ impl Disconnect {
         use crate::rfb::Error as R;
         use crate::Error as E;
         match r {
-            Ok(()) => Disconnect::Closed,
-            Err(E::Rfb(R::Closed)) => Disconnect::Left,
+            // The reader returns Ok at the viewer's end of stream.
+            Ok(()) | Err(E::Rfb(R::Closed)) => Disconnect::Left,
+            Err(E::Refused(m)) if m.contains("stopping") => Disconnect::Closed,
             Err(E::Rfb(R::Io(_)) | E::Io { .. }) => Disconnect::Io,
             Err(E::Rfb(R::Version(_) | R::NoSecurity | R::AuthFailed(_))) => Disconnect::Handshake,
             Err(E::Refused(m)) if m.contains("handshake") => Disconnect::Handshake,
@@ -150,7 +151,11 @@ mod tests {
     #[test]
     fn disconnect_reasons() {
         use crate::rfb::Error as R;
-        assert_eq!(Disconnect::of(&Ok(())), Disconnect::Closed);
+        assert_eq!(Disconnect::of(&Ok(())), Disconnect::Left);
+        assert_eq!(
+            Disconnect::of(&Err(crate::Error::Refused("the proxy is stopping"))),
+            Disconnect::Closed
+        );
         assert_eq!(
             Disconnect::of(&Err(crate::Error::Rfb(R::Closed))),
             Disconnect::Left
