@@ -165,6 +165,10 @@ impl Config {
         let src = ConfigText::new(file, text);
         let bad =
             |key: &str, problem: String, fix: &str| Error::Config(src.error(key, problem, fix));
+        // For keys under a name (which may hold dots).
+        let bad_at = |path: &[&str], problem: String, fix: &str| {
+            Error::Config(src.error_at(path, problem, fix))
+        };
         let raw: Raw = src.parse()?;
         let run_dir = raw.run_dir.unwrap_or_else(|| DEFAULT_RUN_DIR.into());
         if !run_dir.is_absolute() {
@@ -215,10 +219,9 @@ impl Config {
         });
         let mut services = BTreeMap::new();
         for (name, s) in raw.services {
-            let key = format!("services.{name}");
             if !valid_name(&name) {
-                return Err(bad(
-                    &key,
+                return Err(bad_at(
+                    &["services", &name],
                     format!(
                         "service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')"
                     ),
@@ -227,16 +230,16 @@ impl Config {
             }
             if let Some(d) = &s.deliver {
                 if !d.is_absolute() {
-                    return Err(bad(
-                        &format!("{key}.deliver"),
+                    return Err(bad_at(
+                        &["services", &name, "deliver"],
                         format!("services.{name}.deliver {} is relative", d.display()),
                         "set deliver to an absolute socket path such as \"/run/xenvt-proxy/vnc.sock\"",
                     ));
                 }
             }
             if s.deliver.is_none() && !s.listen {
-                return Err(bad(
-                    &key,
+                return Err(bad_at(
+                    &["services", &name],
                     format!("services.{name} neither delivers nor listens"),
                     "set deliver = \"/path/to/service.sock\" or listen = true, or remove the table",
                 ));
@@ -254,18 +257,18 @@ impl Config {
             let group = match g.group {
                 None => None,
                 Some(gname) => {
-                    let key = format!("guests.{name}.group");
+                    let key = ["guests", name.as_str(), "group"];
                     let gid = match nix::unistd::Group::from_name(&gname) {
                         Ok(Some(gr)) => gr.gid.as_raw(),
                         Ok(None) => {
-                            return Err(bad(
+                            return Err(bad_at(
                                 &key,
                                 format!("guests.{name}.group: no group named {gname:?}"),
                                 "create the group (groupadd) or set an existing one",
                             ))
                         }
                         Err(e) => {
-                            return Err(bad(
+                            return Err(bad_at(
                                 &key,
                                 format!("guests.{name}.group {gname:?}: {e}"),
                                 "check the system's group database, or remove group",

@@ -172,6 +172,10 @@ impl Config {
         let src = ConfigText::new(file, text);
         let bad =
             |key: &str, problem: String, fix: &str| Error::Config(src.error(key, problem, fix));
+        // For keys under a name (which may hold dots).
+        let bad_at = |path: &[&str], problem: String, fix: &str| {
+            Error::Config(src.error_at(path, problem, fix))
+        };
         let raw: Raw = src.parse()?;
         let path = raw.channel.path.unwrap_or_else(|| "data/xenvt".into());
         if !valid_rel_path(&path) {
@@ -248,17 +252,16 @@ impl Config {
         }
         let mut services = BTreeMap::new();
         for (name, s) in raw.services {
-            let key = format!("services.{name}");
             if !valid_service(&name) {
-                return Err(bad(
-                    &key,
+                return Err(bad_at(
+                    &["services", &name],
                     format!("service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ -"),
                     "rename the service with those characters only",
                 ));
             }
             let addr: SocketAddr = s.connect.parse().map_err(|_| {
-                bad(
-                    &format!("{key}.connect"),
+                bad_at(
+                    &["services", &name, "connect"],
                     format!("services.{name}.connect {:?} is not IP:PORT", s.connect),
                     "set connect to an IP:PORT such as \"127.0.0.1:5900\"",
                 )

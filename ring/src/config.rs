@@ -114,11 +114,32 @@ impl<'a> ConfigText<'a> {
         }
     }
 
+    /// [`error`](Self::error) for a path given as its parts, for keys that
+    /// may hold dots themselves (a service named `a.b`).
+    pub fn error_at(
+        &self,
+        path: &[&str],
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.map(Path::to_owned),
+            at: self.locate_parts(path),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+
     /// Line and column (1-based) of `key`, as far as it is found.
     pub fn locate(&self, key: &str) -> Option<(usize, usize)> {
-        let doc = self.doc.as_ref()?;
         let segs: Vec<&str> = key.split('.').filter(|s| !s.is_empty()).collect();
-        find(doc.as_item(), &segs, None).map(|s| self.line_col(s.start))
+        self.locate_parts(&segs)
+    }
+
+    /// Line and column (1-based) of the key at `path`, as far as it is found.
+    pub fn locate_parts(&self, path: &[&str]) -> Option<(usize, usize)> {
+        let doc = self.doc.as_ref()?;
+        find(doc.as_item(), path, None).map(|s| self.line_col(s.start))
     }
 
     fn line_col(&self, offset: usize) -> (usize, usize) {
@@ -309,6 +330,8 @@ mod tests {
         assert_eq!(c.locate("domain.1.port"), Some((12, 1)));
         assert_eq!(c.locate("domain.0.port"), Some((8, 1)));
         assert_eq!(c.locate("nothing"), None);
+        let c2 = ConfigText::new(None, "[svc.\"a.b\"]\nport = 1\n");
+        assert_eq!(c2.locate_parts(&["svc", "a.b", "port"]), Some((2, 1)));
         let e = c.error(
             "run_dir",
             "run_dir \"r\" is relative",
