@@ -65,7 +65,7 @@ impl Disconnect {
 pub struct DomainStats {
     /// FramebufferUpdates sent to viewers.
     pub updates_sent: AtomicU64,
-    /// Bytes written to viewers.
+    /// Bytes handed to viewers' connections.
     pub bytes_to_viewers: AtomicU64,
     /// Bytes read from upstream desktops (and other upstream views).
     pub upstream_bytes: Arc<AtomicU64>,
@@ -87,7 +87,8 @@ impl DomainStats {
         }
     }
 
-    /// Counts `n` bytes written to a viewer.
+    /// Counts `n` bytes about to be written to a viewer (counted first, so a
+    /// viewer that has them is always counted).
     pub fn bytes_sent(&self, n: usize) {
         self.bytes_to_viewers.fetch_add(n as u64, Ordering::Relaxed);
     }

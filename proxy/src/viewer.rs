@@ -285,11 +285,11 @@ impl<W: AsyncRead + AsyncWrite + Unpin> Writer<W> {
             self.damage.add(Rect::new(0, 0, u16::MAX, u16::MAX));
         }
         if !self.buf.is_empty() {
+            domain.stats().bytes_sent(self.buf.len());
             self.out
                 .write_all(&self.buf)
                 .await
                 .map_err(crate::rfb::Error::Io)?;
-            domain.stats().bytes_sent(self.buf.len());
         }
         Ok(did)
     }
