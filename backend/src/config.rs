@@ -12,6 +12,10 @@
 //! [guests.vm1]
 //! group = "xenvt"               # vm1's sockets: directory 0750, sockets 0660, this group
 //!
+//! [control]                    # metrics and status, root only
+//! socket = "/run/xenvt/backend.ctl"  # default: <run_dir>/backend.ctl
+//! # listen = "127.0.0.1:9101"  # also on loopback TCP
+//!
 //! [limits]
 //! max_streams = 256
 //! stream_buf = 262144
@@ -23,11 +27,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use xenvt_ring::config::ConfigText;
 
 use crate::{Error, Result};
 
 /// The default socket directory.
 pub const DEFAULT_RUN_DIR: &str = "/run/xenvt";
+/// The control socket's file name in `run_dir` unless `[control] socket` says otherwise.
+pub const CONTROL_NAME: &str = "backend.ctl";
 
 /// The checked configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +43,10 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Root of the per-guest socket directories.
     pub run_dir: PathBuf,
+    /// The control socket (`GET /metrics`, `GET /status`): root-only, 0600.
+    pub control: PathBuf,
+    /// Also serve the control endpoint on this loopback TCP address.
+    pub control_tcp: Option<std::net::SocketAddr>,
     /// Agents' xenstore path, relative to each guest's home.
     pub channel_path: String,
     /// The guests to serve; `None`: all.
@@ -89,6 +100,15 @@ struct Raw {
     guests: BTreeMap<String, RawGuest>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    control: RawControl,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -136,32 +156,58 @@ impl Default for Config {
 impl Config {
     /// Reads and checks `file`.
     pub fn load(file: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(file).map_err(|source| Error::ConfigRead {
-            file: file.to_owned(),
-            source,
-        })?;
+        let text = xenvt_ring::config::read(file)?;
         Config::from_str_for(Some(file), &text)
     }
 
     /// Parses and checks `text`; `file` names it in errors.
     pub fn from_str_for(file: Option<&Path>, text: &str) -> Result<Config> {
-        let bad = |problem: String| Error::Config {
-            file: file.map(Path::to_owned),
-            problem,
+        let src = ConfigText::new(file, text);
+        let bad =
+            |key: &str, problem: String, fix: &str| Error::Config(src.error(key, problem, fix));
+        // For keys under a name (which may hold dots).
+        let bad_at = |path: &[&str], problem: String, fix: &str| {
+            Error::Config(src.error_at(path, problem, fix))
         };
-        let raw: Raw = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let raw: Raw = src.parse()?;
         let run_dir = raw.run_dir.unwrap_or_else(|| DEFAULT_RUN_DIR.into());
         if !run_dir.is_absolute() {
-            return Err(bad(format!(
-                "run_dir {} must be absolute",
-                run_dir.display()
-            )));
+            return Err(bad(
+                "run_dir",
+                format!("run_dir {} is relative", run_dir.display()),
+                "set run_dir to an absolute path such as \"/run/xenvt\"",
+            ));
+        }
+        let control = raw
+            .control
+            .socket
+            .unwrap_or_else(|| run_dir.join(CONTROL_NAME));
+        if !control.is_absolute() || control.file_name().is_none() {
+            return Err(bad(
+                "control.socket",
+                format!(
+                    "control.socket {} is not an absolute path",
+                    control.display()
+                ),
+                "set control.socket to an absolute path such as \"/run/xenvt/backend.ctl\"",
+            ));
+        }
+        if let Some(a) = raw.control.listen {
+            xenvt_ring::control::check_tcp(a).map_err(|m| {
+                bad(
+                    "control.listen",
+                    format!("control.listen: {m}"),
+                    "use a loopback address such as \"127.0.0.1:9101\" (the endpoint has no password)",
+                )
+            })?;
         }
         let channel_path = raw.channel_path.unwrap_or_else(|| "data/xenvt".into());
         if !valid_rel_path(&channel_path) {
-            return Err(bad(format!(
-                "channel_path {channel_path:?} must be a relative xenstore path of plain components"
-            )));
+            return Err(bad(
+                "channel_path",
+                format!("channel_path {channel_path:?} is not a relative xenstore path of plain components"),
+                "set channel_path to a relative path such as \"data/xenvt\" (the agent's channel.path)",
+            ));
         }
         let domains = raw.domains.map(|v| {
             v.into_iter()
@@ -174,22 +220,29 @@ impl Config {
         let mut services = BTreeMap::new();
         for (name, s) in raw.services {
             if !valid_name(&name) {
-                return Err(bad(format!(
-                    "service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')"
-                )));
+                return Err(bad_at(
+                    &["services", &name],
+                    format!(
+                        "service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')"
+                    ),
+                    "rename the service with those characters only",
+                ));
             }
             if let Some(d) = &s.deliver {
                 if !d.is_absolute() {
-                    return Err(bad(format!(
-                        "services.{name}.deliver {} must be an absolute socket path",
-                        d.display()
-                    )));
+                    return Err(bad_at(
+                        &["services", &name, "deliver"],
+                        format!("services.{name}.deliver {} is relative", d.display()),
+                        "set deliver to an absolute socket path such as \"/run/xenvt-proxy/vnc.sock\"",
+                    ));
                 }
             }
             if s.deliver.is_none() && !s.listen {
-                return Err(bad(format!(
-                    "services.{name} neither delivers (deliver = PATH) nor listens (listen = true)"
-                )));
+                return Err(bad_at(
+                    &["services", &name],
+                    format!("services.{name} neither delivers nor listens"),
+                    "set deliver = \"/path/to/service.sock\" or listen = true, or remove the table",
+                ));
             }
             services.insert(
                 name,
@@ -204,14 +257,23 @@ impl Config {
             let group = match g.group {
                 None => None,
                 Some(gname) => {
+                    let key = ["guests", name.as_str(), "group"];
                     let gid = match nix::unistd::Group::from_name(&gname) {
                         Ok(Some(gr)) => gr.gid.as_raw(),
                         Ok(None) => {
-                            return Err(bad(format!(
-                                "guests.{name}.group: no group named {gname:?}"
-                            )))
+                            return Err(bad_at(
+                                &key,
+                                format!("guests.{name}.group: no group named {gname:?}"),
+                                "create the group (groupadd) or set an existing one",
+                            ))
                         }
-                        Err(e) => return Err(bad(format!("guests.{name}.group {gname:?}: {e}"))),
+                        Err(e) => {
+                            return Err(bad_at(
+                                &key,
+                                format!("guests.{name}.group {gname:?}: {e}"),
+                                "check the system's group database, or remove group",
+                            ))
+                        }
                     };
                     Some((gname, gid))
                 }
@@ -220,25 +282,33 @@ impl Config {
         }
         let max_streams = raw.limits.max_streams.unwrap_or(256);
         if !(1..=65536).contains(&max_streams) {
-            return Err(bad(format!(
-                "limits.max_streams {max_streams} is outside 1..=65536"
-            )));
+            return Err(bad(
+                "limits.max_streams",
+                format!("limits.max_streams {max_streams} is outside 1..=65536"),
+                "set limits.max_streams between 1 and 65536 (256 is the default)",
+            ));
         }
         let stream_buf = raw.limits.stream_buf.unwrap_or(256 << 10);
         if !(4096..=(16 << 20)).contains(&stream_buf) {
-            return Err(bad(format!(
-                "limits.stream_buf {stream_buf} is outside 4096..=16777216"
-            )));
+            return Err(bad(
+                "limits.stream_buf",
+                format!("limits.stream_buf {stream_buf} is outside 4096..=16777216"),
+                "set limits.stream_buf between 4096 and 16777216 (262144 is the default)",
+            ));
         }
         let hello = raw.limits.hello_timeout_secs.unwrap_or(5);
         if !(1..=300).contains(&hello) {
-            return Err(bad(format!(
-                "limits.hello_timeout_secs {hello} is outside 1..=300"
-            )));
+            return Err(bad(
+                "limits.hello_timeout_secs",
+                format!("limits.hello_timeout_secs {hello} is outside 1..=300"),
+                "set limits.hello_timeout_secs between 1 and 300 (5 is the default)",
+            ));
         }
         Ok(Config {
             source: file.map(Path::to_owned),
             run_dir,
+            control,
+            control_tcp: raw.control.listen,
             channel_path,
             domains,
             services,
@@ -278,6 +348,7 @@ mod tests {
     fn defaults() {
         let c = Config::default();
         assert_eq!(c.run_dir, Path::new(DEFAULT_RUN_DIR));
+        assert_eq!(c.control, Path::new("/run/xenvt/backend.ctl"));
         assert_eq!(c.channel_path, "data/xenvt");
         assert!(c.domains.is_none());
         assert!(c.services.is_empty());
@@ -330,12 +401,43 @@ mod tests {
             ("[limits]\nstream_buf = 1", "stream_buf"),
             ("channel_path = \"../x\"", "channel_path"),
             ("extra = 1", "unknown field"),
+            ("[control]\nsocket = \"x.ctl\"", "control.socket"),
+            ("[control]\nlisten = \"10.0.0.1:9\"", "loopback"),
         ];
         for (text, want) in cases {
             let e = Config::from_str_for(Some(f), text).unwrap_err().to_string();
-            assert!(e.starts_with("backend.toml: "), "{e}");
+            assert!(e.starts_with("backend.toml:"), "{e}");
             assert!(e.contains(want), "{text:?} -> {e}");
         }
+    }
+
+    #[test]
+    fn errors_give_the_line_and_the_fix() {
+        let f = Path::new("/etc/xenvt/backend.toml");
+        let text =
+            "run_dir = \"/run/x\"\n\n[services.vnc]\nlisten = true\ndeliver = \"vnc.sock\"\n";
+        let e = Config::from_str_for(Some(f), text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/etc/xenvt/backend.toml:5:1: services.vnc.deliver vnc.sock is relative; \
+             set deliver to an absolute socket path such as \"/run/xenvt-proxy/vnc.sock\""
+        );
+        let e = Config::from_str_for(Some(f), "[services.ssh]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/xenvt/backend.toml:1:11: services.ssh neither"),
+            "{e}"
+        );
+        assert!(e.ends_with("or remove the table"), "{e}");
+        let e = Config::from_str_for(Some(f), "[limits]\nmax_stream = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/xenvt/backend.toml:2:1: unknown field `max_stream`"),
+            "{e}"
+        );
+        assert!(e.contains("did you mean `max_streams`?"), "{e}");
     }
 
     #[test]

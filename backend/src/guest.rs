@@ -14,6 +14,7 @@ use xenvt_ring::xenstore::Xenstore;
 use xenvt_ring::{Channel, Platform};
 
 use crate::config::{valid_name, Config};
+use crate::metrics::{AgentState, GuestStats};
 use crate::ratelimit::RateLimit;
 use crate::sockets::GuestSockets;
 use crate::xs::Xs;
@@ -90,6 +91,8 @@ pub async fn read_publication<X: Xenstore>(xs: &Xs<X>, base: &str) -> Result<Opt
 
 /// Everything a guest task needs.
 pub struct Guest<X: Xenstore> {
+    /// Its counters, read by the control endpoint.
+    pub stats: Arc<GuestStats>,
     /// The guest's domain id.
     pub domid: u16,
     /// Its name, as xenstore says (checked before use in paths).
@@ -139,12 +142,14 @@ impl<X: Xenstore> Guest<X> {
                 }
             };
             let Some(p) = p else {
+                self.stats.set_state(AgentState::Waiting);
                 tokio::select! {
                     () = self.kick.notified() => continue,
                     () = Self::wait_stop(&mut stop) => break,
                 }
             };
             last = Some(p.clone());
+            self.stats.set_state(AgentState::Attaching);
             let began = tokio::time::Instant::now();
             let ok = match self.attach(&p, &limiter).await {
                 Ok(()) => true,
@@ -161,6 +166,7 @@ impl<X: Xenstore> Guest<X> {
                 backoff = RETRY_PAUSE;
                 continue;
             }
+            self.stats.set_state(AgentState::Backoff);
             let pause = backoff;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             tokio::select! {
@@ -183,6 +189,8 @@ impl<X: Xenstore> Guest<X> {
     /// One attachment: returns when the agent, the domain or we ended it.
     async fn attach(&mut self, p: &Publication, limiter: &Limiter) -> Result<()> {
         let ch = Channel::client(&*self.platform, self.domid, p.ring_ref, p.port)?;
+        // dom0 maps: the left ring carries dom0 -> guest, the right guest -> dom0.
+        let geo = ch.geometry();
         let mut stop = self.stop.clone();
         let started = tokio::select! {
             r = tokio::time::timeout(self.cfg.hello_timeout, mux::start(ch, self.mux_config())) => r,
@@ -197,7 +205,13 @@ impl<X: Xenstore> Guest<X> {
                 })
             }
         };
-        info!(name = %self.name, "agent attached");
+        self.stats
+            .attached(&handle, geo.left_order, geo.right_order);
+        info!(
+            left_order = geo.left_order,
+            right_order = geo.right_order,
+            "agent attached"
+        );
         let sockets = self.listen(limiter);
         let mut accepters = Vec::new();
         let mut sockets = match sockets {
@@ -218,12 +232,17 @@ impl<X: Xenstore> Guest<X> {
             tokio::select! {
                 req = incoming.next() => match req {
                     Some(r) => self.deliver(r, limiter),
-                    None => break handle.closed().await.to_string(),
+                    None => break Some(handle.closed().await),
                 },
-                reason = handle.closed() => break reason.to_string(),
-                () = Self::wait_stop(&mut stop) => break "guest going away".to_string(),
+                reason = handle.closed() => break Some(reason),
+                () = Self::wait_stop(&mut stop) => break None,
             }
         };
+        let protocol = matches!(
+            reason,
+            Some(mux::CloseReason::Protocol(_) | mux::CloseReason::Version { .. })
+        );
+        let reason = reason.map_or_else(|| "guest going away".to_owned(), |r| r.to_string());
         for a in accepters {
             a.abort();
         }
@@ -231,6 +250,7 @@ impl<X: Xenstore> Guest<X> {
         handle.shutdown();
         // Let the driver drop the channel (unmapping it) before we say we are done.
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, handle.closed()).await;
+        self.stats.detached(protocol);
         drop(handle);
         info!(%reason, "agent detached");
         Ok(())
@@ -242,9 +262,9 @@ impl<X: Xenstore> Guest<X> {
         if services.is_empty() {
             return Ok(None);
         }
-        if !valid_name(&self.name) {
+        if !valid_name(&self.name) || self.cfg.run_dir.join(&self.name) == self.cfg.control {
             if let Some(n) = allow(limiter) {
-                warn!(suppressed = n, name = ?self.name, "domain name is not a safe file name: no sockets");
+                warn!(suppressed = n, name = ?self.name, "domain name is not a safe file name, or is the control socket's: no sockets");
             }
             return Ok(None);
         }

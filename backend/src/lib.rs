@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -23,6 +22,7 @@ use xenvt_ring::Platform;
 
 pub mod config;
 pub mod guest;
+pub mod metrics;
 pub use xenvt_ring::ratelimit;
 pub mod sockets;
 pub mod xs;
@@ -34,23 +34,9 @@ use xs::Xs;
 /// Everything that stops the backend.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The configuration is invalid.
-    #[error("{}: {problem}", file.as_ref().map_or("built-in defaults".into(), |f| f.display().to_string()))]
-    Config {
-        /// The file, if the config came from one.
-        file: Option<PathBuf>,
-        /// What is wrong.
-        problem: String,
-    },
-    /// The configuration file cannot be read.
-    #[error("cannot read {}: {source}", file.display())]
-    ConfigRead {
-        /// The file.
-        file: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The configuration is invalid or unreadable: file, line, problem and fix.
+    #[error(transparent)]
+    Config(#[from] xenvt_ring::config::ConfigError),
     /// A channel, mux, platform or xenstore failure.
     #[error(transparent)]
     Ring(#[from] xenvt_ring::Error),
@@ -84,6 +70,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// How often the backend checks that xenstored still answers.
 pub const XS_PING: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The running control endpoint; dropping it stops it and removes the socket.
+struct Control {
+    _file: xenvt_ring::control::SocketFile,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
 struct Entry {
     kick: Arc<Notify>,
     stop: watch::Sender<bool>,
@@ -99,6 +99,7 @@ pub struct Backend<X: Xenstore + Clone> {
     guests: BTreeMap<u16, Entry>,
     /// Domains looked at and not served (not selected, or our own).
     ignored: BTreeSet<u16>,
+    stats: Arc<metrics::Registry>,
 }
 
 /// Watch events, coalesced: which domains to look at again, whether to list
@@ -189,7 +190,13 @@ impl<X: Xenstore + Clone> Backend<X> {
             own,
             guests: BTreeMap::new(),
             ignored: BTreeSet::new(),
+            stats: Arc::default(),
         })
+    }
+
+    /// The counters the control endpoint reports.
+    pub fn stats(&self) -> Arc<metrics::Registry> {
+        self.stats.clone()
     }
 
     /// Runs until `shutdown` resolves or xenstore fails, then tears every guest down.
@@ -207,6 +214,8 @@ impl<X: Xenstore + Clone> Backend<X> {
 
     async fn watch_loop(&mut self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         sockets::prepare_run_dir(&self.cfg.run_dir)?;
+        // Dropped (the socket removed, the servers stopped) when this returns.
+        let _control = self.start_control().await?;
         let dirty = Arc::new(Dirty::default());
         let mut forwarders = Vec::new();
         for path in ["/local/domain", "@introduceDomain", "@releaseDomain"] {
@@ -317,7 +326,10 @@ impl<X: Xenstore + Clone> Backend<X> {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let kick = Arc::new(Notify::new());
+        let stats = Arc::new(metrics::GuestStats::new(id, &name));
+        self.stats.add(stats.clone());
         let g = Guest {
+            stats,
             domid: id,
             name: name.clone(),
             cfg: self.cfg.clone(),
@@ -327,7 +339,10 @@ impl<X: Xenstore + Clone> Backend<X> {
             stop: stop_rx,
         };
         info!(guest = id, name = ?name, "serving guest");
-        let task = tokio::spawn(g.run().instrument(info_span!("guest", domid = id)));
+        let task = tokio::spawn(
+            g.run()
+                .instrument(info_span!("guest", domid = id, name = %name)),
+        );
         self.guests.insert(
             id,
             Entry {
@@ -340,6 +355,7 @@ impl<X: Xenstore + Clone> Backend<X> {
     }
 
     async fn stop_guest(&mut self, id: u16) {
+        self.stats.remove(id);
         if let Some(e) = self.guests.remove(&id) {
             info!(guest = id, "guest gone: tearing down");
             let _ = e.stop.send(true);
@@ -347,6 +363,31 @@ impl<X: Xenstore + Clone> Backend<X> {
                 warn!(guest = id, "guest task failed: {err}");
             }
         }
+    }
+
+    /// Binds the control socket (and the TCP address, if any) and serves them.
+    async fn start_control(&self) -> Result<Control> {
+        let (l, file) = xenvt_ring::control::bind_unix(&self.cfg.control).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("control socket {}: {e}", self.cfg.control.display()),
+            )
+        })?;
+        let h: Arc<dyn xenvt_ring::control::Handler> = self.stats.clone();
+        let mut tasks = vec![tokio::spawn(
+            xenvt_ring::control::serve_unix(l, h.clone()).in_current_span(),
+        )];
+        info!(socket = %self.cfg.control.display(), "control endpoint");
+        if let Some(a) = self.cfg.control_tcp {
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("control address {a}: {e}")))?;
+            info!(addr = %l.local_addr()?, "control endpoint");
+            tasks.push(tokio::spawn(
+                xenvt_ring::control::serve_tcp(l, h).in_current_span(),
+            ));
+        }
+        Ok(Control { _file: file, tasks })
     }
 
     async fn stop_all(&mut self) {

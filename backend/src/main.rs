@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use xenvt_backend::config::DomainSel;
+use xenvt_backend::config::{DomainSel, CONTROL_NAME};
 use xenvt_backend::xs::{Xs, XS_TIMEOUT};
 use xenvt_backend::{Backend, Config, Error};
 
@@ -18,6 +18,9 @@ struct Args {
     /// Socket directory root (overrides run_dir).
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// Control socket for metrics and status (overrides control.socket).
+    #[arg(long)]
+    control: Option<PathBuf>,
     /// Serve only this domain (name or id); repeatable; overrides `domains`.
     #[arg(long = "domain")]
     domains: Vec<String>,
@@ -41,12 +44,28 @@ fn load(args: &Args) -> Result<Config, Error> {
     };
     if let Some(d) = &args.run_dir {
         if !d.is_absolute() {
-            return Err(Error::Config {
-                file: None,
-                problem: format!("--run-dir {} must be absolute", d.display()),
-            });
+            return Err(Error::Config(xenvt_ring::config::ConfigError::new(
+                None,
+                format!("--run-dir {} is relative", d.display()),
+                "give --run-dir an absolute path",
+            )));
         }
+        // A control socket that followed run_dir keeps following it.
+        let followed = cfg.control == cfg.run_dir.join(CONTROL_NAME);
         cfg.run_dir = d.clone();
+        if followed {
+            cfg.control = cfg.run_dir.join(CONTROL_NAME);
+        }
+    }
+    if let Some(c) = &args.control {
+        if !c.is_absolute() {
+            return Err(Error::Config(xenvt_ring::config::ConfigError::new(
+                None,
+                format!("--control {} is relative", c.display()),
+                "give --control an absolute path",
+            )));
+        }
+        cfg.control = c.clone();
     }
     if !args.domains.is_empty() {
         cfg.domains = Some(

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use xenvt_ring::config::ConfigText;
 
 use crate::{Error, Result};
 
@@ -162,32 +163,39 @@ impl Default for Config {
 impl Config {
     /// Reads and checks `file`.
     pub fn load(file: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(file).map_err(|source| Error::ConfigRead {
-            file: file.to_owned(),
-            source,
-        })?;
+        let text = xenvt_ring::config::read(file)?;
         Config::from_str_for(Some(file), &text)
     }
 
     /// Parses and checks `text`; `file` names it in errors.
     pub fn from_str_for(file: Option<&Path>, text: &str) -> Result<Config> {
-        let bad = |problem: String| Error::Config {
-            file: file.map(Path::to_owned),
-            problem,
+        let src = ConfigText::new(file, text);
+        let bad =
+            |key: &str, problem: String, fix: &str| Error::Config(src.error(key, problem, fix));
+        // For keys under a name (which may hold dots).
+        let bad_at = |path: &[&str], problem: String, fix: &str| {
+            Error::Config(src.error_at(path, problem, fix))
         };
-        let raw: Raw = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let raw: Raw = src.parse()?;
         let path = raw.channel.path.unwrap_or_else(|| "data/xenvt".into());
         if !valid_rel_path(&path) {
-            return Err(bad(format!(
-                "channel.path {path:?} must be a relative xenstore path of plain components"
-            )));
+            return Err(bad(
+                "channel.path",
+                format!(
+                    "channel.path {path:?} is not a relative xenstore path of plain components"
+                ),
+                "set channel.path to a relative path such as \"data/xenvt\"",
+            ));
         }
         let ring_order = raw.channel.ring_order.unwrap_or(17);
         if !(10..=20).contains(&ring_order) {
-            return Err(bad(format!(
-                "channel.ring_order {ring_order} is outside 10..=20"
-            )));
+            return Err(bad(
+                "channel.ring_order",
+                format!("channel.ring_order {ring_order} is outside 10..=20"),
+                "set channel.ring_order between 10 and 20 (17 is the default), or remove it",
+            ));
         }
+        let explicit = raw.listen.is_some();
         let raw_listen = raw.listen.unwrap_or_else(|| {
             vec![RawListen {
                 address: DEFAULT_LISTEN.into(),
@@ -197,25 +205,45 @@ impl Config {
         });
         let mut listen = Vec::new();
         let mut seen = BTreeSet::new();
-        for l in raw_listen {
-            let address: SocketAddr = l
-                .address
-                .parse()
-                .map_err(|_| bad(format!("listen address {:?} is not IP:PORT", l.address)))?;
+        for (i, l) in raw_listen.into_iter().enumerate() {
+            let at = |k: &str| {
+                if explicit {
+                    format!("listen.{i}.{k}")
+                } else {
+                    String::new()
+                }
+            };
+            let address: SocketAddr = l.address.parse().map_err(|_| {
+                bad(
+                    &at("address"),
+                    format!("listen address {:?} is not IP:PORT", l.address),
+                    "set address to an IP:PORT such as \"127.0.0.1:5500\"",
+                )
+            })?;
             if !valid_service(&l.service) {
-                return Err(bad(format!(
-                    "listen service {:?} is not 1 to 64 of A-Z a-z 0-9 . _ -",
-                    l.service
-                )));
+                return Err(bad(
+                    &at("service"),
+                    format!(
+                        "listen service {:?} is not 1 to 64 of A-Z a-z 0-9 . _ -",
+                        l.service
+                    ),
+                    "rename the service with those characters only",
+                ));
             }
             if !address.ip().is_loopback() && !l.public {
-                return Err(bad(format!(
-                    "listen address {address} is not loopback: set public = true to expose it"
-                )));
+                return Err(bad(
+                    &at("address"),
+                    format!("listen address {address} is not loopback"),
+                    "set public = true in this [[listen]] to expose it, or use 127.0.0.1",
+                ));
             }
             // Port 0 picks a free port each time, so only fixed ports can clash.
             if address.port() != 0 && !seen.insert(address) {
-                return Err(bad(format!("listen address {address} is given twice")));
+                return Err(bad(
+                    &at("address"),
+                    format!("listen address {address} is given twice"),
+                    "remove one of the two [[listen]] entries or change its port",
+                ));
             }
             listen.push(Listen {
                 address,
@@ -225,15 +253,18 @@ impl Config {
         let mut services = BTreeMap::new();
         for (name, s) in raw.services {
             if !valid_service(&name) {
-                return Err(bad(format!(
-                    "service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ -"
-                )));
+                return Err(bad_at(
+                    &["services", &name],
+                    format!("service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ -"),
+                    "rename the service with those characters only",
+                ));
             }
             let addr: SocketAddr = s.connect.parse().map_err(|_| {
-                bad(format!(
-                    "services.{name}.connect {:?} is not IP:PORT",
-                    s.connect
-                ))
+                bad_at(
+                    &["services", &name, "connect"],
+                    format!("services.{name}.connect {:?} is not IP:PORT", s.connect),
+                    "set connect to an IP:PORT such as \"127.0.0.1:5900\"",
+                )
             })?;
             services.insert(name, addr);
         }
@@ -241,11 +272,19 @@ impl Config {
             None => None,
             Some(h) => {
                 if h.command.is_empty() || h.command[0].is_empty() {
-                    return Err(bad("hook.command must name a program".into()));
+                    return Err(bad(
+                        "hook.command",
+                        "hook.command names no program".into(),
+                        "set hook.command to [\"program\", \"arg\", ...], or remove [hook]",
+                    ));
                 }
                 let secs = h.timeout_secs.unwrap_or(30);
                 if !(1..=3600).contains(&secs) {
-                    return Err(bad(format!("hook.timeout_secs {secs} is outside 1..=3600")));
+                    return Err(bad(
+                        "hook.timeout_secs",
+                        format!("hook.timeout_secs {secs} is outside 1..=3600"),
+                        "set hook.timeout_secs between 1 and 3600",
+                    ));
                 }
                 Some(Hook {
                     command: h.command,
@@ -255,15 +294,19 @@ impl Config {
         };
         let max_streams = raw.limits.max_streams.unwrap_or(256);
         if !(1..=65536).contains(&max_streams) {
-            return Err(bad(format!(
-                "limits.max_streams {max_streams} is outside 1..=65536"
-            )));
+            return Err(bad(
+                "limits.max_streams",
+                format!("limits.max_streams {max_streams} is outside 1..=65536"),
+                "set limits.max_streams between 1 and 65536 (256 is the default)",
+            ));
         }
         let stream_buf = raw.limits.stream_buf.unwrap_or(256 << 10);
         if !(4096..=(16 << 20)).contains(&stream_buf) {
-            return Err(bad(format!(
-                "limits.stream_buf {stream_buf} is outside 4096..=16777216"
-            )));
+            return Err(bad(
+                "limits.stream_buf",
+                format!("limits.stream_buf {stream_buf} is outside 4096..=16777216"),
+                "set limits.stream_buf between 4096 and 16777216 (262144 is the default)",
+            ));
         }
         Ok(Config {
             source: file.map(Path::to_owned),
@@ -343,9 +386,32 @@ mod tests {
         ];
         for (text, want) in cases {
             let e = Config::from_str_for(Some(f), text).unwrap_err().to_string();
-            assert!(e.starts_with("agent.toml: "), "{e}");
+            assert!(e.starts_with("agent.toml:"), "{e}");
             assert!(e.contains(want), "{text:?} -> {e}");
         }
+    }
+
+    #[test]
+    fn errors_give_the_line_and_the_fix() {
+        let f = Path::new("agent.toml");
+        let text = "[channel]\nbackend = 0\n\n[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"a\"\n\n[[listen]]\nservice = \"b\"\naddress = \"10.0.0.1:2\"\n";
+        let e = Config::from_str_for(Some(f), text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "agent.toml:10:1: listen address 10.0.0.1:2 is not loopback; \
+             set public = true in this [[listen]] to expose it, or use 127.0.0.1"
+        );
+        let e = Config::from_str_for(Some(f), "[channel]\nring_ordr = 12\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("agent.toml:2:1: unknown field `ring_ordr`"),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("did you mean `ring_order`? rename it, or remove `ring_ordr`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -10,7 +10,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,23 +41,9 @@ pub const STATE_READY: &str = "ready";
 /// Everything that stops the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The configuration is invalid.
-    #[error("{}: {problem}", file.as_ref().map_or("built-in defaults".into(), |f| f.display().to_string()))]
-    Config {
-        /// The file, if the config came from one.
-        file: Option<PathBuf>,
-        /// What is wrong.
-        problem: String,
-    },
-    /// The configuration file cannot be read.
-    #[error("cannot read {}: {source}", file.display())]
-    ConfigRead {
-        /// The file.
-        file: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The configuration is invalid or unreadable: file, line, problem and fix.
+    #[error(transparent)]
+    Config(#[from] xenvt_ring::config::ConfigError),
     /// A channel, platform or xenstore failure.
     #[error(transparent)]
     Ring(#[from] xenvt_ring::Error),

@@ -53,6 +53,10 @@
 //! listen = "127.0.0.1:6080"     # anything but loopback needs a viewer password
 //! path = "/websockify"          # ws://HOST:PORT/websockify/<domid or name>
 //! novnc_dir = "/usr/share/xenvt/novnc"  # holds noVNC's core/ and vendor/
+//!
+//! [control]                     # metrics and status, root only
+//! socket = "/run/xenvt-proxy/proxy.ctl"  # default: proxy.ctl beside upstream.backend_socket
+//! # listen = "127.0.0.1:9102"  # also on loopback TCP
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -60,6 +64,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use xenvt_ring::config::ConfigText;
 
 use crate::console::{ConsoleConfig, KeyFlavour};
 use crate::console_view::ConsoleSpec;
@@ -69,6 +74,8 @@ use crate::view::{Binding, SwitchPolicy, Target};
 
 /// The default viewer port is this plus the domain id.
 pub const BASE_PORT: u16 = 5900;
+/// The control socket's file name beside the backend socket, unless configured.
+pub const CONTROL_NAME: &str = "proxy.ctl";
 /// Where the TCP reverse listener listens unless told otherwise.
 pub const DEFAULT_REVERSE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5500);
 
@@ -89,6 +96,15 @@ struct RawConfig {
     #[serde(default)]
     xenstore: RawXenstore,
     web: Option<RawWeb>,
+    #[serde(default)]
+    control: RawControl,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<PathBuf>,
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -308,6 +324,10 @@ pub struct Config {
     pub xenstore: XenstoreConfig,
     /// The web listener, if any.
     pub web: Option<WebConfig>,
+    /// The control socket (`GET /metrics`, `GET /status`), root-only 0600.
+    pub control: Option<PathBuf>,
+    /// Also serve the control endpoint on this loopback TCP address.
+    pub control_tcp: Option<SocketAddr>,
 }
 
 fn encoding_number(name: &str) -> Option<i32> {
@@ -326,91 +346,127 @@ fn encoding_number(name: &str) -> Option<i32> {
 impl Config {
     /// Reads and validates `path`; relative paths inside are taken from its directory.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
-            path: path.to_owned(),
-            msg: format!("cannot read: {e}"),
-        })?;
+        let text = xenvt_ring::config::read(path)?;
         Config::parse(&text, path)
     }
 
     /// Validates `text` as if read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
-        let bad = |msg: String| Error::Config {
-            path: path.to_owned(),
-            msg,
-        };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let src = ConfigText::new(Some(path), text);
+        let bad = |key: &str, msg: String, fix: &str| Error::Config(src.error(key, msg, fix));
+        let raw: RawConfig = src.parse()?;
         let base = path.parent().unwrap_or(Path::new("."));
         let rel = |p: &Path| base.join(p);
-        let read_secret =
-            |what: &str, inline: Option<String>, file: Option<PathBuf>| match (inline, file) {
-                (Some(_), Some(_)) => Err(bad(format!(
-                    "{what}: give either a password or a password file, not both"
-                ))),
-                (Some(p), None) => Ok(Some(p.into_bytes())),
+        // `keys`: the table and its two password keys, to point at the line.
+        let read_secret = |what: &str,
+                           keys: (&str, &str, &str),
+                           inline: Option<String>,
+                           file: Option<PathBuf>| {
+            let (table, ik, fk) = keys;
+            let p = match (inline, file) {
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        &format!("{table}{fk}"),
+                        format!("{what}: both {ik} and {fk} are set"),
+                        &format!("remove {ik} or {fk}"),
+                    ))
+                }
+                (Some(p), None) => Some(p.into_bytes()),
                 (None, Some(f)) => {
                     let f = rel(&f);
-                    let t = std::fs::read_to_string(&f)
-                        .map_err(|e| bad(format!("{what}: cannot read {}: {e}", f.display())))?;
-                    Ok(Some(t.lines().next().unwrap_or("").as_bytes().to_vec()))
+                    let t = std::fs::read_to_string(&f).map_err(|e| {
+                        bad(
+                            &format!("{table}{fk}"),
+                            format!("{what}: cannot read {}: {e}", f.display()),
+                            &format!("create the file or correct {fk} (relative paths start at the config's directory)"),
+                        )
+                    })?;
+                    Some(t.lines().next().unwrap_or("").as_bytes().to_vec())
                 }
-                (None, None) => Ok(None),
+                (None, None) => None,
             };
-        let check_pw = |what: &str, p: &Option<Vec<u8>>| match p {
-            Some(p) if p.is_empty() => Err(bad(format!("{what}: the password is empty"))),
-            _ => Ok(()),
+            if p.as_ref().is_some_and(Vec::is_empty) {
+                return Err(bad(
+                    &format!("{table}{ik}"),
+                    format!("{what}: the password is empty"),
+                    &format!("set a non-empty {ik} (or a file whose first line is one)"),
+                ));
+            }
+            Ok(p)
         };
 
         let v = raw.viewer;
-        let pw = read_secret("viewer", v.password, v.password_file)?;
-        check_pw("viewer", &pw)?;
+        let pw = read_secret(
+            "viewer",
+            ("viewer.", "password", "password_file"),
+            v.password,
+            v.password_file,
+        )?;
         let security = match (v.security.as_deref(), pw) {
             (None | Some("vncauth"), Some(p)) => Security::VncAuth(p),
             (Some("vncauth"), None) => {
                 return Err(bad(
-                    "viewer: security \"vncauth\" needs password or password_file".into(),
+                    "viewer.security",
+                    "viewer: security \"vncauth\" without a password".into(),
+                    "set viewer.password_file (or viewer.password)",
                 ))
             }
             (None | Some("none"), None) => Security::None,
             (Some("none"), Some(_)) => {
                 return Err(bad(
-                    "viewer: security \"none\" with a password; say \"vncauth\"".into(),
+                    "viewer.security",
+                    "viewer: security \"none\" with a password".into(),
+                    "set viewer.security = \"vncauth\", or remove the password",
                 ))
             }
             (Some(other), _) => {
-                return Err(bad(format!(
-                    "viewer: unknown security {other:?} (want \"none\" or \"vncauth\")"
-                )))
+                return Err(bad(
+                    "viewer.security",
+                    format!("viewer: unknown security {other:?}"),
+                    "use one of \"none\", \"vncauth\"",
+                ))
             }
         };
         let default_listen = v.listen.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let refuse_open = |addr: IpAddr, what: &str| {
+        let refuse_open = |addr: IpAddr, key: &str, what: &str| {
             if security == Security::None && !addr.is_loopback() {
-                Err(bad(format!(
-                    "{what}: viewers would listen on {addr}, which is not loopback, without \
-                     a password; set viewer.security = \"vncauth\" with a password"
-                )))
+                Err(bad(
+                    key,
+                    format!(
+                        "{what}: viewers would listen on {addr}, which is not loopback, without \
+                         a password"
+                    ),
+                    "set viewer.password_file (security \"vncauth\"), or listen on 127.0.0.1",
+                ))
             } else {
                 Ok(())
             }
         };
-        refuse_open(default_listen, "viewer.listen")?;
+        refuse_open(default_listen, "viewer.listen", "viewer.listen")?;
 
         let u = raw.upstream;
         let encodings = match u.encodings {
             None => vec![encoding::RAW],
             Some(list) => {
                 let mut v = Vec::new();
-                for name in &list {
+                for (i, name) in list.iter().enumerate() {
                     let e = encoding_number(name).ok_or_else(|| {
-                        bad(format!("upstream.encodings: unknown encoding {name:?}"))
+                        bad(
+                            &format!("upstream.encodings.{i}"),
+                            format!("upstream.encodings: unknown encoding {name:?}"),
+                            "use some of \"raw\", \"copyrect\", \"rre\", \"hextile\", \"zlib\", \"tight\", \"zrle\"",
+                        )
                     })?;
                     if e != encoding::COPY_RECT && !v.contains(&e) {
                         v.push(e);
                     }
                 }
                 if v.is_empty() {
-                    return Err(bad("upstream.encodings: no pixel encoding given".into()));
+                    return Err(bad(
+                        "upstream.encodings",
+                        "upstream.encodings: no pixel encoding given".into(),
+                        "add \"raw\" (or another pixel encoding) to upstream.encodings",
+                    ));
                 }
                 v
             }
@@ -418,39 +474,69 @@ impl Config {
 
         let mut domains = BTreeMap::new();
         let mut ports = HashSet::new();
-        for d in raw.domain {
+        for (i, d) in raw.domain.into_iter().enumerate() {
             let what = format!("domain {}", d.domid);
+            let k = |key: &str| format!("domain.{i}.{key}");
             let port = match (d.port, v.port_base.unwrap_or(BASE_PORT)) {
                 (Some(p), _) => p,
                 (None, 0) => 0,
                 (None, base) => base.checked_add(d.domid).ok_or_else(|| {
-                    bad(format!("{what}: port_base + domid overflows; set a port"))
+                    bad(
+                        &k("domid"),
+                        format!("{what}: port_base + domid overflows"),
+                        "set port in this [[domain]]",
+                    )
                 })?,
             };
             let listen = d.listen.unwrap_or(default_listen);
-            refuse_open(listen, &what)?;
+            refuse_open(listen, &k("listen"), &what)?;
             if port != 0 && !ports.insert(port) {
-                return Err(bad(format!("{what}: port {port} is used twice")));
+                return Err(bad(
+                    &k("port"),
+                    format!("{what}: port {port} is used twice"),
+                    "set a port of its own in this [[domain]]",
+                ));
             }
-            let desktop_password = read_secret(&what, d.desktop_password, d.desktop_password_file)?;
-            check_pw(&what, &desktop_password)?;
+            let desktop_password = read_secret(
+                &what,
+                (&k(""), "desktop_password", "desktop_password_file"),
+                d.desktop_password,
+                d.desktop_password_file,
+            )?;
             let connect = d
                 .connect
-                .map(|c| parse_dial(&c).map_err(|m| bad(format!("{what}: connect: {m}"))))
+                .map(|c| {
+                    parse_dial(&c).map_err(|m| {
+                        bad(
+                            &k("connect"),
+                            format!("{what}: connect: {m}"),
+                            "use \"tcp:HOST:PORT\" or \"unix:PATH\"",
+                        )
+                    })
+                })
                 .transpose()?;
             let name = d.name.unwrap_or_else(|| format!("domain{}", d.domid));
             if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
-                return Err(bad(format!(
-                    "{what}: name must be 1 to 255 bytes without control characters"
-                )));
+                return Err(bad(
+                    &k("name"),
+                    format!("{what}: name must be 1 to 255 bytes without control characters"),
+                    "set a printable name, or remove name",
+                ));
             }
             let console = match d.console.as_deref() {
                 None => ConsoleSpec::Xenstore,
-                Some(c) => parse_console(c).map_err(|m| bad(format!("{what}: console: {m}")))?,
+                Some(c) => parse_console(c).map_err(|m| {
+                    bad(
+                        &k("console"),
+                        format!("{what}: console: {m}"),
+                        "use one of \"xenstore\", \"none\", \"pty:PATH\", \"unix:PATH\"",
+                    )
+                })?,
             };
             let mut extras = Vec::new();
-            for e in d.upstream {
+            for (j, e) in d.upstream.into_iter().enumerate() {
                 let w = format!("{what}: upstream {:?}", e.name);
+                let ku = |key: &str| k(&format!("upstream.{j}.{key}"));
                 if e.name.is_empty()
                     || e.name.len() > 64
                     || !e
@@ -460,19 +546,37 @@ impl Config {
                     || ["console", "desktop"].contains(&e.name.as_str())
                     || extras.iter().any(|x: &ExtraUpstream| x.name == e.name)
                 {
-                    return Err(bad(format!(
-                        "{w}: names are 1 to 64 letters, digits, '-', '_' or '.', unique, \
-                         and not \"console\" or \"desktop\""
-                    )));
+                    return Err(bad(
+                        &ku("name"),
+                        format!("{w}: not a usable view name"),
+                        "rename it: 1 to 64 letters, digits, '-', '_' or '.', unique in the \
+                         domain, not \"console\" or \"desktop\"",
+                    ));
                 }
-                let dial = parse_dial(&e.connect).map_err(|m| bad(format!("{w}: connect: {m}")))?;
-                let password = read_secret(&w, e.password, e.password_file)?;
-                check_pw(&w, &password)?;
+                let dial = parse_dial(&e.connect).map_err(|m| {
+                    bad(
+                        &ku("connect"),
+                        format!("{w}: connect: {m}"),
+                        "use \"tcp:HOST:PORT\" or \"unix:PATH\"",
+                    )
+                })?;
+                let password = read_secret(
+                    &w,
+                    (&ku(""), "password", "password_file"),
+                    e.password,
+                    e.password_file,
+                )?;
                 let binding = e
                     .key
-                    .map(|k| Binding::parse(&k, Target::Named(e.name.clone())))
+                    .map(|key| Binding::parse(&key, Target::Named(e.name.clone())))
                     .transpose()
-                    .map_err(|m| bad(format!("{w}: key: {m}")))?;
+                    .map_err(|m| {
+                        bad(
+                            &ku("key"),
+                            format!("{w}: key: {m}"),
+                            "use a binding such as \"ctrl-alt-f2\"",
+                        )
+                    })?;
                 extras.push(ExtraUpstream {
                     name: e.name,
                     dial,
@@ -491,7 +595,11 @@ impl Config {
                 extras,
             };
             if domains.insert(d.domid, dc).is_some() {
-                return Err(bad(format!("{what}: configured twice")));
+                return Err(bad(
+                    &k("domid"),
+                    format!("{what}: configured twice"),
+                    "remove one of the two [[domain]] sections or change its domid",
+                ));
             }
         }
 
@@ -499,10 +607,14 @@ impl Config {
             None => None,
             Some(r) => {
                 if !domains.contains_key(&r.domid) {
-                    return Err(bad(format!(
-                        "reverse: domain {} has no [[domain]] section",
-                        r.domid
-                    )));
+                    return Err(bad(
+                        "reverse.domid",
+                        format!("reverse: domain {} has no [[domain]] section", r.domid),
+                        &format!(
+                            "add a [[domain]] with domid = {}, or correct reverse.domid",
+                            r.domid
+                        ),
+                    ));
                 }
                 Some((r.listen.unwrap_or(DEFAULT_REVERSE), r.domid))
             }
@@ -513,9 +625,11 @@ impl Config {
             None | Some("xterm") => KeyFlavour::Xterm,
             Some("linux") => KeyFlavour::Linux,
             Some(o) => {
-                return Err(bad(format!(
-                    "console.keys: {o:?} (want \"xterm\" or \"linux\")"
-                )))
+                return Err(bad(
+                    "console.keys",
+                    format!("console.keys: unknown flavour {o:?}"),
+                    "use one of \"xterm\", \"linux\"",
+                ))
             }
         };
         let cc = ConsoleConfig {
@@ -524,7 +638,13 @@ impl Config {
             scrollback: c.scrollback.unwrap_or(1000),
             keys,
         };
-        cc.validate().map_err(|e| bad(format!("console: {e}")))?;
+        cc.validate().map_err(|e| {
+            bad(
+                "console",
+                format!("console: {e}"),
+                "bring console.cols, console.rows and console.scrollback within range, or remove them",
+            )
+        })?;
         let console = ConsoleDefaults {
             config: cc,
             fps: c.fps.unwrap_or(30).clamp(1, 120),
@@ -542,8 +662,13 @@ impl Config {
             (sw.desktop, Target::Desktop, "switch.desktop"),
         ] {
             if let Some(spec) = spec {
-                let b = Binding::parse(&spec, target.clone())
-                    .map_err(|m| bad(format!("{what}: {m}")))?;
+                let b = Binding::parse(&spec, target.clone()).map_err(|m| {
+                    bad(
+                        what,
+                        format!("{what}: {m}"),
+                        "use a binding such as \"ctrl-alt-f1\"",
+                    )
+                })?;
                 switch.bindings.retain(|x| x.target != target);
                 switch.bindings.push(b);
             }
@@ -560,12 +685,14 @@ impl Config {
                 let listen = w
                     .listen
                     .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6080));
-                refuse_open(listen.ip(), "web.listen")?;
+                refuse_open(listen.ip(), "web.listen", "web.listen")?;
                 let path = w.path.unwrap_or_else(|| "/websockify".into());
                 if !path.starts_with('/') || path.len() > 200 || path.contains(['?', '#', ' ']) {
-                    return Err(bad(format!(
-                        "web.path: {path:?} must be an absolute URL path"
-                    )));
+                    return Err(bad(
+                        "web.path",
+                        format!("web.path: {path:?} is not an absolute URL path"),
+                        "set web.path to a path such as \"/websockify\" (no '?', '#' or spaces)",
+                    ));
                 }
                 Some(WebConfig {
                     listen,
@@ -575,7 +702,33 @@ impl Config {
             }
         };
 
+        let backend_socket = u.backend_socket.map(|p| rel(&p));
+        let control =
+            match raw.control.socket {
+                Some(p) if p.file_name().is_none() => return Err(bad(
+                    "control.socket",
+                    format!("control.socket {} names no file", p.display()),
+                    "set control.socket to a socket path such as \"/run/xenvt-proxy/proxy.ctl\"",
+                )),
+                Some(p) => Some(rel(&p)),
+                None => backend_socket
+                    .as_ref()
+                    .and_then(|b| b.parent())
+                    .map(|d| d.join(CONTROL_NAME)),
+            };
+        if let Some(a) = raw.control.listen {
+            xenvt_ring::control::check_tcp(a).map_err(|m| {
+                bad(
+                    "control.listen",
+                    format!("control.listen: {m}"),
+                    "use a loopback address such as \"127.0.0.1:9102\" (the endpoint has no password)",
+                )
+            })?;
+        }
+
         Ok(Config {
+            control,
+            control_tcp: raw.control.listen,
             console,
             switch,
             xenstore,
@@ -586,7 +739,7 @@ impl Config {
             auto_domains: v.auto_domains.unwrap_or(true),
             port_base: v.port_base.unwrap_or(BASE_PORT),
             upstream: UpstreamConfig {
-                backend_socket: u.backend_socket.map(|p| rel(&p)),
+                backend_socket,
                 encodings,
                 continuous_updates: u.continuous_updates.unwrap_or(true),
             },
@@ -682,7 +835,8 @@ mod tests {
     fn open_listener_needs_a_password() {
         let e = parse("[viewer]\nlisten = \"0.0.0.0\"\n").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.starts_with("/etc/xenvt/proxy.toml: "), "{msg}");
+        assert!(msg.starts_with("/etc/xenvt/proxy.toml:2:1: "), "{msg}");
+        assert!(msg.ends_with("or listen on 127.0.0.1"), "{msg}");
         assert!(msg.contains("not loopback"), "{msg}");
         let e = parse("[[domain]]\ndomid = 1\nlisten = \"::\"\n").unwrap_err();
         assert!(e.to_string().contains("domain 1"), "{e}");
@@ -708,7 +862,7 @@ mod tests {
     #[test]
     fn bad_inputs_are_named() {
         for (t, want) in [
-            ("[viewer]\nsecurity = \"vncauth\"\n", "needs password"),
+            ("[viewer]\nsecurity = \"vncauth\"\n", "without a password"),
             ("[viewer]\nsecurity = \"tls\"\n", "unknown security"),
             ("[viewer]\nbogus = 1\n", "unknown field"),
             ("[upstream]\nencodings = [\"h264\"]\n", "unknown encoding"),
@@ -736,6 +890,34 @@ mod tests {
             let e = parse(t).unwrap_err().to_string();
             assert!(e.contains(want), "{t:?}: {e}");
         }
+    }
+
+    #[test]
+    fn errors_give_the_line_and_the_fix() {
+        let text = "[viewer]\nlisten = \"127.0.0.1\"\n\n[[domain]]\ndomid = 1\n\n[[domain]]\ndomid = 2\nconnect = \"udp:x\"\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/etc/xenvt/proxy.toml:9:1: domain 2: connect: \"udp:x\" must start with tcp: or unix:; \
+             use \"tcp:HOST:PORT\" or \"unix:PATH\""
+        );
+        let e = parse("[viewer]\nsecurity = \"tls\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/etc/xenvt/proxy.toml:2:1: "), "{e}");
+        assert!(e.ends_with("use one of \"none\", \"vncauth\""), "{e}");
+        let e = parse("[upstream]\nencodings = [\"raw\", \"h264\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/etc/xenvt/proxy.toml:2:21: "), "{e}");
+        let e = parse("[xenstore]\ndomain = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/xenvt/proxy.toml:2:1: unknown field `domain`"),
+            "{e}"
+        );
+        assert!(e.contains("did you mean `domains`?"), "{e}");
     }
 
     #[test]
@@ -785,7 +967,7 @@ mod tests {
         assert_eq!(c.console.log_dir, Some(PathBuf::from("/etc/xenvt/logs")));
         for (t, want) in [
             ("[[domain]]\ndomid = 1\nconsole = \"tty\"\n", "console"),
-            ("[[domain]]\ndomid = 1\n[[domain.upstream]]\nname = \"desktop\"\nconnect = \"tcp:127.0.0.1:1\"\n", "names are"),
+            ("[[domain]]\ndomid = 1\n[[domain.upstream]]\nname = \"desktop\"\nconnect = \"tcp:127.0.0.1:1\"\n", "toml:4:1: domain 1: upstream \"desktop\": not a usable view name; rename it"),
             ("[switch]\ndesktop = \"f7\"\n", "ctrl or alt"),
             ("[console]\ncols = 0\n", "cols"),
             ("[web]\npath = \"x\"\n", "web.path"),

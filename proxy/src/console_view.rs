@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 use xenvt_ring::xenstore::Xenstore;
 
 use crate::console::log::ConsoleLog;
@@ -121,7 +121,7 @@ fn follow_node<X: Xenstore + Clone>(
     let f2 = fired.clone();
     let p2 = path.clone();
     let xs2 = xs.clone();
-    let drain = tokio::spawn(async move {
+    let drain = async move {
         let mut w = match xs2.watch(&p2).await {
             Ok(w) => w,
             Err(e) => {
@@ -133,8 +133,9 @@ fn follow_node<X: Xenstore + Clone>(
             f2.notify_one();
         }
         warn!("the watch on {p2} ended");
-    });
-    let reader = tokio::spawn(async move {
+    };
+    let drain = tokio::spawn(drain.in_current_span());
+    let reader = async move {
         loop {
             fired.notified().await;
             match xs.read(&path).await {
@@ -148,7 +149,8 @@ fn follow_node<X: Xenstore + Clone>(
                 Err(e) => warn!("reading {path}: {e}"),
             }
         }
-    });
+    };
+    let reader = tokio::spawn(reader.in_current_span());
     Ok((
         rx,
         AbortOnDrop(vec![drain.abort_handle(), reader.abort_handle()]),
@@ -388,14 +390,15 @@ async fn session(
 ) -> Result<SessionEnd> {
     let mut wr = src.try_clone()?;
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTPUT_QUEUE);
-    let writer = tokio::spawn(async move {
+    let writer = async move {
         while let Some(b) = rx.recv().await {
             if let Err(e) = wr.write_all(&b).await {
                 debug!("console write: {e}");
                 break;
             }
         }
-    });
+    };
+    let writer = tokio::spawn(writer.in_current_span());
     let _writer = AbortOnDrop(vec![writer.abort_handle()]);
     let mut dropped = 0u64;
     let mut send = |bytes: Vec<u8>| {

@@ -8,6 +8,7 @@
 //! xenvt-proxy: backend path=vnc.sock
 //! xenvt-proxy: reverse domain=1 addr=127.0.0.1:5500
 //! xenvt-proxy: web addr=127.0.0.1:6080
+//! xenvt-proxy: control path=/run/xenvt-proxy/proxy.ctl
 //! xenvt-proxy: ready
 //! ```
 
@@ -28,6 +29,7 @@ use crate::config::{Config, Dial, DomainConfig, Security};
 use crate::console_view::{run_console, ConsoleSettings, ConsoleSpec, LogSettings};
 use crate::domain::{lock, Domain};
 use crate::error::{Error, Result};
+use crate::metrics::Disconnect;
 use crate::rfb::ClientLimits;
 use crate::upstream::{run_desktop, UpstreamSettings};
 use crate::viewer::{run_viewer, ViewerSettings};
@@ -113,6 +115,30 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         d.clone().open_domain(dc.clone(), false).await?;
     }
     let mut socket_file = None;
+    let mut control_file = None;
+    if let Some(path) = d.cfg.control.clone() {
+        let (l, f) = xenvt_ring::control::bind_unix(&path)
+            .map_err(|e| Error::io(format!("control socket {}", path.display()), e))?;
+        ready(&format!("control path={}", path.display()));
+        control_file = Some(f);
+        let dir: Arc<dyn Directory> = d.clone();
+        tasks.spawn(xenvt_ring::control::serve_unix(
+            l,
+            Arc::new(crate::control::Control(dir)),
+        ));
+    }
+    if let Some(addr) = d.cfg.control_tcp {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::io(format!("control listener {addr}"), e))?;
+        let local = l.local_addr().map_err(|e| Error::io("local address", e))?;
+        ready(&format!("control addr={local}"));
+        let dir: Arc<dyn Directory> = d.clone();
+        tasks.spawn(xenvt_ring::control::serve_tcp(
+            l,
+            Arc::new(crate::control::Control(dir)),
+        ));
+    }
     if let Some(path) = d.cfg.upstream.backend_socket.clone() {
         let l = bind_unix(&path)?;
         ready(&format!("backend path={}", path.display()));
@@ -163,6 +189,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     drop(all);
     tasks.shutdown().await;
     drop(socket_file);
+    drop(control_file);
     Ok(())
 }
 
@@ -362,7 +389,7 @@ impl Daemon {
             cs.config.rows * crate::console::font::GLYPH_H,
         );
         let (dom, port) = Domain::new(dc.domid, &dc.name, Arc::new(policy), (w, h))?;
-        let span = info_span!("domain", id = dc.domid);
+        let span = info_span!("domain", domid = dc.domid, name = %dc.name);
         let mut tasks = Vec::new();
         let xs = self.xs.clone();
         tasks.push(
@@ -399,8 +426,12 @@ impl Daemon {
             };
             tasks.push(
                 tokio::spawn(
-                    dial_loop(dom.clone(), e.dial.clone(), set)
-                        .instrument(info_span!("upstream", id = dc.domid, name = %e.name)),
+                    dial_loop(dom.clone(), e.dial.clone(), set).instrument(info_span!(
+                        "upstream",
+                        domid = dc.domid,
+                        name = %dc.name,
+                        view = %e.name
+                    )),
                 )
                 .abort_handle(),
             );
@@ -467,7 +498,9 @@ impl Daemon {
             let (d, dom) = (self.clone(), dom.clone());
             conns.spawn(
                 async move {
-                    match run_viewer(dom, s, &d.viewer).await {
+                    let r = run_viewer(dom.clone(), s, &d.viewer).await;
+                    dom.stats().disconnected(Disconnect::of(&r));
+                    match r {
                         Ok(()) => info!("viewer left"),
                         Err(e) => info!("viewer disconnected: {e}"),
                     }
@@ -539,7 +572,7 @@ impl Daemon {
             }
         };
         dom.set_name(&o.domain);
-        let span = info_span!("domain", id = o.domid, name = %o.domain);
+        let span = info_span!("domain", domid = o.domid, name = %o.domain);
         self.serve_desktop(dom, s).instrument(span).await;
         Ok(())
     }
@@ -563,7 +596,7 @@ impl Daemon {
             conns.spawn(
                 self.clone()
                     .serve_desktop(dom.clone(), s)
-                    .instrument(info_span!("domain", id = domid)),
+                    .instrument(info_span!("domain", domid = domid, name = %dom.name())),
             );
             while conns.try_join_next().is_some() {}
         }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify};
 
+use crate::metrics::DomainStats;
 use crate::region::Region;
 use crate::rfb::{Framebuffer, Rect};
 use crate::view::{
@@ -114,6 +115,8 @@ struct State {
     swallowed: BTreeSet<u32>,
     /// When a viewer last switched by hand: the desktop does not take over right after.
     manual_at: Option<Instant>,
+    /// Changes of the current view, for the metrics.
+    switches: u64,
 }
 
 /// What a viewer needs to draw the current view.
@@ -136,6 +139,7 @@ pub struct Domain {
     domid: u16,
     policy: Arc<SwitchPolicy>,
     state: Mutex<State>,
+    stats: DomainStats,
 }
 
 impl std::fmt::Debug for Domain {
@@ -194,7 +198,9 @@ impl Domain {
                 sent: BTreeSet::new(),
                 swallowed: BTreeSet::new(),
                 manual_at: None,
+                switches: 0,
             }),
+            stats: DomainStats::default(),
         });
         let view = ViewHandle {
             domain: dom.clone(),
@@ -298,6 +304,16 @@ impl Domain {
         }
     }
 
+    /// The current view's label: its kind, or its slot for a configured upstream.
+    pub fn current_label(&self) -> String {
+        let st = lock(&self.state);
+        let v = st.current_view();
+        match v.kind {
+            ViewKind::Upstream => v.slot.clone(),
+            k => k.label().to_owned(),
+        }
+    }
+
     /// The kind of the current view.
     pub fn current_kind(&self) -> ViewKind {
         lock(&self.state).current_view().kind
@@ -363,6 +379,16 @@ impl Domain {
                 st.current_view().input.key(false, k);
             }
         }
+    }
+
+    /// The domain's counters.
+    pub fn stats(&self) -> &DomainStats {
+        &self.stats
+    }
+
+    /// Changes of the current view so far.
+    pub fn view_switches(&self) -> u64 {
+        lock(&self.state).switches
     }
 
     /// How many viewers are attached.
@@ -491,6 +517,7 @@ impl State {
             old.key(false, k);
         }
         self.current = id;
+        self.switches += 1;
         for v in self.viewers.values() {
             v.poke(|s| {
                 s.view_changed = true;

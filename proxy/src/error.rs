@@ -1,21 +1,14 @@
 //! The daemon's one error type.
 
-use std::path::PathBuf;
-
 /// Everything that can go wrong in the daemon outside the RFB layer's own errors.
 ///
 /// Errors tied to one peer end that peer's session only; configuration errors stop the
 /// daemon at startup.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The configuration file is unreadable or invalid; the message names the problem.
-    #[error("{}: {msg}", path.display())]
-    Config {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        msg: String,
-    },
+    /// The configuration file is unreadable or invalid: file, line, problem and fix.
+    #[error(transparent)]
+    Config(#[from] xenvt_ring::config::ConfigError),
     /// A socket or file operation failed.
     #[error("{what}: {source}")]
     Io {

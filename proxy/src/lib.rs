@@ -8,9 +8,11 @@
 pub mod config;
 pub mod console;
 pub mod console_view;
+pub mod control;
 pub mod daemon;
 pub mod domain;
 pub mod error;
+pub mod metrics;
 pub mod region;
 pub mod rfb;
 pub mod upstream;

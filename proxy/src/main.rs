@@ -15,6 +15,9 @@ struct Cli {
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
+    /// Control socket for metrics and status (overrides control.socket).
+    #[arg(long)]
+    control: Option<PathBuf>,
 }
 
 async fn shutdown() {
@@ -40,15 +43,19 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let cfg = match xenvt_proxy::config::Config::load(&cli.config) {
+    let mut cfg = match xenvt_proxy::config::Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("xenvt-proxy: {e}");
             return ExitCode::FAILURE;
         }
     };
+    if let Some(c) = cli.control {
+        cfg.control = Some(c);
+    }
     if cli.check {
         println!("xenvt-proxy: configuration ok");
         return ExitCode::SUCCESS;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::domain::{Domain, ViewHandle};
 use crate::error::{Error, Result};
@@ -136,7 +136,7 @@ where
     wr.write_all(&first).await.map_err(crate::rfb::Error::Io)?;
 
     let (tx, mut rx) = mpsc::channel::<ClientMessage>(INPUT_QUEUE);
-    let writer = tokio::spawn(async move {
+    let writer = async move {
         let mut buf = Vec::new();
         while let Some(m) = rx.recv().await {
             buf.clear();
@@ -152,7 +152,8 @@ where
                 break;
             }
         }
-    });
+    };
+    let writer = tokio::spawn(writer.in_current_span());
     let input = Arc::new(DesktopInput {
         tx: tx.clone(),
         dropped: AtomicU64::new(0),
@@ -179,6 +180,7 @@ where
         shown: kind != ViewKind::Desktop,
     };
     up.view.set_detail(&init.name);
+    let rd = domain.stats().count_upstream(rd);
     let mut reader = RfbReader::new(rd, DecoderLimits::default().max_rect_bytes + 4096);
     let res = tokio::select! {
         r = up.run(&mut reader, &mut dec) => match r {

@@ -80,6 +80,7 @@ where
     .await
     .map_err(|_| Error::Refused("viewer handshake timed out"))??;
     debug!(version = ?hello.version, shared = hello.shared, "viewer connected");
+    domain.stats().viewer_connected();
     let (id, shared) = domain.attach();
     let _guard = Detach(&domain, id);
     let (rd, wr) = tokio::io::split(stream);
@@ -276,12 +277,15 @@ impl<W: AsyncRead + AsyncWrite + Unpin> Writer<W> {
         }
         let mut did = !out.is_empty();
         if self.requested || self.cu {
-            did |= self.update(domain, force_full, dom.resized, sds_reply)?;
+            let sent = self.update(domain, force_full, dom.resized, sds_reply)?;
+            domain.stats().update_sent(sent);
+            did |= sent;
         } else if force_full {
             // Remember the full update for when it is asked for.
             self.damage.add(Rect::new(0, 0, u16::MAX, u16::MAX));
         }
         if !self.buf.is_empty() {
+            domain.stats().bytes_sent(self.buf.len());
             self.out
                 .write_all(&self.buf)
                 .await

@@ -291,7 +291,8 @@ async fn bridge(
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (mut rd, mut wr) = tokio::io::split(theirs);
     let (mut sink, mut stream) = ws.split();
-    let session = run_viewer(dom, ours, viewer);
+    let span = info_span!("domain", domid = dom.domid(), name = %dom.name());
+    let session = run_viewer(dom, ours, viewer).instrument(span);
     let up = async {
         while let Some(m) = stream.next().await {
             match m.map_err(|e| Error::io("websocket", std::io::Error::other(e)))? {

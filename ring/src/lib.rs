@@ -9,6 +9,8 @@
 //! behind the traits in [`platform`]; the ring logic never names a platform.
 
 pub mod channel;
+pub mod config;
+pub mod control;
 pub mod error;
 pub mod fdio;
 pub mod layout;

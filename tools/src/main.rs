@@ -35,6 +35,8 @@ enum Cmd {
     /// The whole chain on a private simulated host: two guests with consoles and
     /// desktops, the backend and the proxy, for viewers to look at.
     Demo(xenvt::demo::DemoArgs),
+    /// Per-domain state from the backend's and the proxy's control sockets.
+    Status(xenvt::status::StatusArgs),
     /// Benchmarks; each prints `ratio NAME VALUE` lines.
     Bench {
         #[command(subcommand)]
@@ -134,6 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Chan(a) => xenvt::chan::run(a).await,
         Cmd::Smoke(a) => xenvt::smoke::run(a).await,
         Cmd::Demo(a) => xenvt::demo::run(a).await,
+        Cmd::Status(a) => xenvt::status::run(a).await,
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
             BenchCmd::Proxy(a) => xenvt::bench::proxy::run(a).await,

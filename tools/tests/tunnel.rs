@@ -650,7 +650,7 @@ async fn configs_are_checked_and_name_the_file() -> anyhow::Result<()> {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(".toml: ") && err.contains("not loopback"),
+        err.contains(".toml:2:1: ") && err.contains("not loopback"),
         "{err}"
     );
     let out = rig

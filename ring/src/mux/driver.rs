@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::task::AtomicWaker;
 use tokio::io::unix::AsyncFd;
@@ -31,6 +31,7 @@ use super::{
     StreamHandle,
 };
 use crate::channel::Channel;
+use crate::ratelimit::RateLimit;
 use crate::{Error, Result};
 
 /// Turns of the loop before yielding to other tasks.
@@ -47,41 +48,6 @@ struct EvFd(RawFd);
 impl AsRawFd for EvFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0
-    }
-}
-
-/// Bounds the log lines a peer can cause.
-struct LogLimit {
-    start: Instant,
-    count: u32,
-    suppressed: u64,
-}
-
-impl LogLimit {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            count: 0,
-            suppressed: 0,
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        if self.start.elapsed() >= LOG_WINDOW {
-            if self.suppressed > 0 {
-                tracing::warn!(suppressed = self.suppressed, "mux: log lines suppressed");
-            }
-            self.start = Instant::now();
-            self.count = 0;
-            self.suppressed = 0;
-        }
-        if self.count < LOG_BURST {
-            self.count += 1;
-            true
-        } else {
-            self.suppressed += 1;
-            false
-        }
     }
 }
 
@@ -244,7 +210,8 @@ struct State {
     next_id: u32,
     /// Round-robin cursor for the sending side.
     rr: u32,
-    log: LogLimit,
+    /// Bounds the log lines a peer can cause.
+    log: RateLimit,
     hello_done: bool,
     fatal: Option<CloseReason>,
 }
@@ -373,8 +340,8 @@ impl State {
     /// A stream-level violation: reset that stream only.
     fn violation(&mut self, id: u32, what: &str) {
         bump(&self.counters.stream_violations, 1);
-        if self.log.allow() {
-            tracing::warn!(side = ?self.side, stream = id, "mux: resetting stream: {what}");
+        if let Some(suppressed) = self.log.allow() {
+            tracing::warn!(side = ?self.side, stream = id, suppressed, "mux: resetting stream: {what}");
         }
         self.end(id, StreamEnd::ResetLocal(what.to_owned()), true);
     }
@@ -569,8 +536,8 @@ impl State {
         let refuse = |st: &mut State, why: &str| {
             bump(&st.counters.refused, 1);
             bump(&st.counters.resets_sent, 1);
-            if st.log.allow() {
-                tracing::info!(side = ?st.side, stream = id, service, "mux: refusing stream: {why}");
+            if let Some(suppressed) = st.log.allow() {
+                tracing::info!(side = ?st.side, stream = id, service, suppressed, "mux: refusing stream: {why}");
             }
             st.queue(Op::Rst, 0, id, Vec::new());
         };
@@ -866,7 +833,7 @@ impl Driver {
             ctrl: VecDeque::new(),
             next_id: if side == Side::Guest { 1 } else { 2 },
             rr: 0,
-            log: LogLimit::new(),
+            log: RateLimit::new(LOG_BURST, LOG_WINDOW),
             hello_done: false,
             fatal: None,
         };
@@ -1269,7 +1236,7 @@ mod tests {
             ctrl: VecDeque::new(),
             next_id: 1,
             rr: 0,
-            log: LogLimit::new(),
+            log: RateLimit::new(LOG_BURST, LOG_WINDOW),
             hello_done: true,
             fatal: None,
         }
@@ -1390,9 +1357,8 @@ mod tests {
 
     #[test]
     fn log_limit() {
-        let mut l = LogLimit::new();
-        let allowed = (0..100).filter(|_| l.allow()).count();
+        let mut st = state(MuxConfig::default());
+        let allowed = (0..100).filter(|_| st.log.allow().is_some()).count();
         assert_eq!(allowed, LOG_BURST as usize);
-        assert_eq!(l.suppressed, 100 - u64::from(LOG_BURST));
     }
 }

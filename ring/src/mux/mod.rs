@@ -263,7 +263,9 @@ pub async fn start(chan: Channel, cfg: MuxConfig) -> Result<(MuxHandle, Incoming
         closed_tx,
     )?;
     drv.hello().await?;
-    tokio::spawn(drv.run());
+    // The driver logs for every stream: it runs in the caller's span (the
+    // daemon's per-domain span), so each line names the domain.
+    tokio::spawn(tracing::Instrument::in_current_span(drv.run()));
     Ok((
         MuxHandle {
             cmd: cmd_tx,
