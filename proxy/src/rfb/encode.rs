@@ -53,11 +53,21 @@ fn deflate_sync(c: &mut Compress, mut input: &[u8], out: &mut Vec<u8>) -> Result
     }
 }
 
-/// A small ordered colour set, in wire pixel values.
+/// Slots in a palette's hash index: twice the largest palette, so probes stay short.
+const PAL_SLOTS: usize = 512;
+
+/// A small ordered colour set, in wire pixel values, with a hash index so that looking a
+/// colour up costs a probe or two rather than a scan of up to 256 entries.
 struct Palette {
     colours: Vec<u32>,
     counts: Vec<u32>,
     max: usize,
+    /// Index + 1 of the colour in each slot; 0 is empty.
+    slots: [u16; PAL_SLOTS],
+}
+
+fn pal_hash(v: u32) -> usize {
+    (v.wrapping_mul(0x9e37_79b1) >> 23) as usize
 }
 
 impl Palette {
@@ -65,26 +75,46 @@ impl Palette {
         Palette {
             colours: Vec::with_capacity(max),
             counts: Vec::with_capacity(max),
-            max,
+            max: max.min(PAL_SLOTS / 2),
+            slots: [0; PAL_SLOTS],
+        }
+    }
+
+    /// The slot holding `v`, or the empty slot where it would go.
+    fn slot(&self, v: u32) -> usize {
+        let mut h = pal_hash(v);
+        loop {
+            match self.slots[h] {
+                0 => return h,
+                i if self.colours[usize::from(i) - 1] == v => return h,
+                _ => h = (h + 1) % PAL_SLOTS,
+            }
         }
     }
 
     /// Index of a colour, adding it if there is room.
     fn insert(&mut self, v: u32) -> Option<usize> {
-        if let Some(i) = self.colours.iter().position(|&c| c == v) {
-            self.counts[i] += 1;
-            return Some(i);
+        let h = self.slot(v);
+        match self.slots[h] {
+            0 => {
+                if self.colours.len() >= self.max {
+                    return None;
+                }
+                self.colours.push(v);
+                self.counts.push(1);
+                self.slots[h] = self.colours.len() as u16;
+                Some(self.colours.len() - 1)
+            }
+            i => {
+                let i = usize::from(i) - 1;
+                self.counts[i] += 1;
+                Some(i)
+            }
         }
-        if self.colours.len() >= self.max {
-            return None;
-        }
-        self.colours.push(v);
-        self.counts.push(1);
-        Some(self.colours.len() - 1)
     }
 
     fn index(&self, v: u32) -> usize {
-        self.colours.iter().position(|&c| c == v).unwrap_or(0)
+        usize::from(self.slots[self.slot(v)]).saturating_sub(1)
     }
 
     /// Builds the palette of `vals`; `None` if there are more than `max` colours.
@@ -103,6 +133,30 @@ impl Palette {
 
     fn len(&self) -> usize {
         self.colours.len()
+    }
+}
+
+/// Appends a ZRLE CPIXEL: the wire value, less the unused byte `drop` when there is one.
+#[inline]
+fn put_cpixel(pf: &PixelFormat, drop: Option<usize>, v: u32, out: &mut Vec<u8>) {
+    let bpp = pf.bytes_per_pixel();
+    let b = match bpp {
+        1 => [v as u8, 0, 0, 0],
+        2 if pf.big_endian => {
+            let [x, y] = (v as u16).to_be_bytes();
+            [x, y, 0, 0]
+        }
+        2 => {
+            let [x, y] = (v as u16).to_le_bytes();
+            [x, y, 0, 0]
+        }
+        _ if pf.big_endian => v.to_be_bytes(),
+        _ => v.to_le_bytes(),
+    };
+    match drop {
+        Some(0) => out.extend_from_slice(&b[1..4]),
+        Some(_) => out.extend_from_slice(&b[0..3]),
+        None => out.extend_from_slice(&b[..bpp]),
     }
 }
 
@@ -265,8 +319,9 @@ impl EncoderState {
 
     fn packed_tile(&self, fb: &Framebuffer, t: &Rect, vals: &mut Vec<u32>) {
         vals.clear();
+        vals.reserve(t.area());
         for dy in 0..t.h {
-            vals.extend(fb.row(t, dy).iter().map(|&p| self.packer.pack(p)));
+            self.packer.pack_into(fb.row(t, dy), vals);
         }
     }
 
@@ -365,14 +420,7 @@ impl EncoderState {
         } else {
             pf.bytes_per_pixel()
         };
-        let put_c = |v: u32, o: &mut Vec<u8>| {
-            let mut b = Vec::with_capacity(4);
-            pf.write_value(v, &mut b);
-            match drop {
-                Some(d) => o.extend(b.iter().enumerate().filter(|(i, _)| *i != d).map(|x| *x.1)),
-                None => o.extend_from_slice(&b),
-            }
-        };
+        let put_c = |v: u32, o: &mut Vec<u8>| put_cpixel(&pf, drop, v, o);
         let mut data = std::mem::take(&mut self.scratch);
         data.clear();
         let mut vals = Vec::with_capacity(4096);
@@ -421,7 +469,9 @@ impl EncoderState {
     }
 
     fn put_tpixel(&self, pf: &PixelFormat, v: u32, out: &mut Vec<u8>) {
-        if pf.is_tight_888() {
+        if self.packer.is_identity() {
+            out.extend_from_slice(&[(v >> 16) as u8, (v >> 8) as u8, v as u8]);
+        } else if pf.is_tight_888() {
             let rgb = pf.unpack(v);
             out.extend_from_slice(&[(rgb >> 16) as u8, (rgb >> 8) as u8, rgb as u8]);
         } else {
@@ -493,9 +543,14 @@ impl EncoderState {
                 let q = usize::from(jpeg.unwrap_or(9).min(9));
                 let (quality, sub) = JPEG_QUALITY[q];
                 let mut rgb = Vec::with_capacity(r.area() * 3);
+                let exact = self.packer.is_identity();
                 for dy in 0..r.h {
                     for &p in fb.row(r, dy) {
-                        let c = self.packer.round_trip(p);
+                        let c = if exact {
+                            p
+                        } else {
+                            self.packer.round_trip(p)
+                        };
                         rgb.extend_from_slice(&[(c >> 16) as u8, (c >> 8) as u8, c as u8]);
                     }
                 }
@@ -602,7 +657,7 @@ fn zrle_tile(
     vals: &[u32],
     w: u16,
     cps: usize,
-    put_c: &dyn Fn(u32, &mut Vec<u8>),
+    put_c: &impl Fn(u32, &mut Vec<u8>),
     out: &mut Vec<u8>,
 ) {
     let n = vals.len();
