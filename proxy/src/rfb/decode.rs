@@ -922,3 +922,25 @@ fn decode_jpeg(data: &[u8], rect: &Rect) -> Result<Vec<u32>> {
         .map(|c| (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_convert_in_every_byte_order() {
+        let le = Px::new(PixelFormat::rgb888());
+        let be = Px::new(PixelFormat {
+            big_endian: true,
+            ..PixelFormat::rgb888()
+        });
+        let p565 = Px::new(PixelFormat::rgb565());
+        let mut d = [0u32; 2];
+        le.read_row(&[0x56, 0x34, 0x12, 0xff, 1, 2, 3, 4], &mut d);
+        assert_eq!(d, [0x123456, 0x030201], "the top byte is not colour");
+        be.read_row(&[0xff, 0x12, 0x34, 0x56, 4, 3, 2, 1], &mut d);
+        assert_eq!(d, [0x123456, 0x030201]);
+        p565.read_row(&[0x00, 0xf8, 0xe0, 0x07], &mut d);
+        assert_eq!(d, [0xff0000, 0x00ff00]);
+    }
+}

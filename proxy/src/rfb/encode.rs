@@ -701,11 +701,16 @@ fn zrle_tile(
         for &c in &p.colours {
             put_c(c, out);
         }
+        // Runs are common: look a colour up only when it changes.
+        let mut last = (vals[0], p.index(vals[0]) as u8);
         for row in vals.chunks_exact(usize::from(w)) {
             let mut byte = 0u8;
             let mut used = 0;
             for &v in row {
-                byte = (byte << bits) | p.index(v) as u8;
+                if v != last.0 {
+                    last = (v, p.index(v) as u8);
+                }
+                byte = (byte << bits) | last.1;
                 used += bits;
                 if used == 8 {
                     out.push(byte);
@@ -848,6 +853,44 @@ mod tests {
         assert_eq!(tight_control(&t, noise), 0x00);
         // With JPEG allowed, a moderate palette still goes indexed.
         assert_eq!(tight_control(&tq, |i| (i % 7) as u32 * 0x10101), 0x60);
+    }
+
+    #[test]
+    fn palette_indexes_every_colour_and_refuses_one_too_many() {
+        // Colours chosen to collide in the hash as well as not.
+        let colours: Vec<u32> = (0..256u32)
+            .map(|i| if i % 2 == 0 { i << 23 } else { i * 0x010203 })
+            .collect();
+        let mut vals = colours.clone();
+        vals.extend(colours.iter().rev());
+        let p = Palette::of(&vals, 256).unwrap();
+        assert_eq!(p.len(), 256);
+        for (i, &c) in colours.iter().enumerate() {
+            assert_eq!(p.index(c), i);
+            assert_eq!(p.counts[i], if i == 255 { 1 } else { 2 }, "runs count once");
+        }
+        assert!(Palette::of(&vals, 255).is_none());
+        assert!(Palette::of(&[7, 7, 8, 9], 2).is_none());
+        assert_eq!(Palette::of(&[7, 7, 8, 7], 2).unwrap().colours, [7, 8]);
+    }
+
+    #[test]
+    fn cpixels_leave_out_the_unused_byte() {
+        let mut out = Vec::new();
+        let pf = PixelFormat::rgb888();
+        put_cpixel(&pf, pf.cpixel_dropped_byte(), 0x123456, &mut out);
+        let be = PixelFormat {
+            big_endian: true,
+            ..pf
+        };
+        put_cpixel(&be, be.cpixel_dropped_byte(), 0x123456, &mut out);
+        let p565 = PixelFormat::rgb565();
+        put_cpixel(&p565, None, 0xabcd, &mut out);
+        put_cpixel(&pf, None, 0x123456, &mut out);
+        assert_eq!(
+            out,
+            [0x56, 0x34, 0x12, 0x12, 0x34, 0x56, 0xcd, 0xab, 0x56, 0x34, 0x12, 0]
+        );
     }
 
     #[test]

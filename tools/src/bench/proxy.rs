@@ -398,6 +398,7 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
             let _ = tokio::process::Command::new("xsetroot")
                 .args(["-display", &disp, "-mod", &m.to_string(), "3", "-fg", &fg])
                 .args(["-bg", "#203040"])
+                .stderr(Stdio::null())
                 .status()
                 .await;
         }
