@@ -360,6 +360,8 @@ async fn proxy_phase(
         bail!("the proxy never showed the desktop");
     }
     let s = tokio::net::TcpStream::connect(&addr).await?;
+    // As real viewers do: small requests must not wait for an acknowledgement.
+    s.set_nodelay(true)?;
     let (x0, p0) = (cpu_secs(xvnc_pid), cpu_secs(proxy_pid));
     let phase = measure(s, list, secs).await?;
     let m = Measured {
