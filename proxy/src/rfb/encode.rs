@@ -32,6 +32,28 @@ const JPEG_QUALITY: [(u8, u8); 10] = [
     (100, 1),
 ];
 
+/// zlib levels per Tight compression level for Tight's streams: full colour (stream 0),
+/// two colours (1) and indexed (2). TigerVNC's table, so that a viewer gets the same
+/// trade-off from us as from Xvnc; it defaults to level 2.
+const TIGHT_ZLIB: [[u32; 3]; 10] = [
+    [0, 0, 0],
+    [1, 1, 1],
+    [2, 3, 3],
+    [2, 5, 5],
+    [3, 7, 6],
+    [4, 8, 7],
+    [5, 8, 7],
+    [6, 9, 8],
+    [7, 9, 9],
+    [9, 9, 9],
+];
+
+/// The zlib level for one Tight stream at the viewer's compression level.
+fn tight_zlib_level(compress: Option<u8>, stream: usize) -> u32 {
+    let row = TIGHT_ZLIB[usize::from(compress.unwrap_or(2).min(9))];
+    row[stream.min(2)]
+}
+
 const HEXTILE_RAW: u8 = 1;
 const HEXTILE_BG: u8 = 2;
 const HEXTILE_FG: u8 = 4;
@@ -496,7 +518,6 @@ impl EncoderState {
                 96
             });
         }
-        let level = self.level(2);
         let pal = Palette::of(&vals, max_colours);
         let mut data = std::mem::take(&mut self.scratch);
         data.clear();
@@ -584,6 +605,7 @@ impl EncoderState {
             out.extend_from_slice(&data);
             Ok(())
         } else {
+            let level = Compression::new(tight_zlib_level(self.enc.compress, stream));
             let c = self.tight[stream].get_or_insert_with(|| Compress::new(level, true));
             let mut z = Vec::with_capacity(data.len() / 2 + 64);
             let res = deflate_sync(c, &data, &mut z);
