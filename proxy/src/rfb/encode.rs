@@ -897,6 +897,16 @@ mod tests {
     }
 
     #[test]
+    fn tight_zlib_levels_by_stream_and_clamped() {
+        assert_eq!(
+            (0..3).map(|s| tight_zlib_level(None, s)).collect::<Vec<_>>(),
+            [2, 3, 3]
+        );
+        assert_eq!(tight_zlib_level(Some(0), 1), 0);
+        assert_eq!(tight_zlib_level(Some(200), 3), 9);
+    }
+
+    #[test]
     fn cpixels_leave_out_the_unused_byte() {
         let mut out = Vec::new();
         let pf = PixelFormat::rgb888();
