@@ -567,11 +567,7 @@ impl EncoderState {
                 let exact = self.packer.is_identity();
                 for dy in 0..r.h {
                     for &p in fb.row(r, dy) {
-                        let c = if exact {
-                            p
-                        } else {
-                            self.packer.round_trip(p)
-                        };
+                        let c = if exact { p } else { self.packer.round_trip(p) };
                         rgb.extend_from_slice(&[(c >> 16) as u8, (c >> 8) as u8, c as u8]);
                     }
                 }
@@ -899,7 +895,9 @@ mod tests {
     #[test]
     fn tight_zlib_levels_by_stream_and_clamped() {
         assert_eq!(
-            (0..3).map(|s| tight_zlib_level(None, s)).collect::<Vec<_>>(),
+            (0..3)
+                .map(|s| tight_zlib_level(None, s))
+                .collect::<Vec<_>>(),
             [2, 3, 3]
         );
         assert_eq!(tight_zlib_level(Some(0), 1), 0);

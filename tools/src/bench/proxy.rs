@@ -449,7 +449,8 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
         fps_p.push(via.fps());
         fps_r.push(via.fps() / direct.fps().max(1e-9));
         bytes_r.push(via.bytes_per_frame() / direct.bytes_per_frame().max(1e-9));
-        cpu_r.push(via.ms_per_frame(via.proxy_cpu) / direct.ms_per_frame(direct.xvnc_cpu).max(1e-9));
+        cpu_r
+            .push(via.ms_per_frame(via.proxy_cpu) / direct.ms_per_frame(direct.xvnc_cpu).max(1e-9));
     }
     changer.abort();
     println!(
