@@ -9,7 +9,8 @@
 //! the same viewer code and settings both ways, one Xvnc, short direct and proxy phases
 //! alternated in rounds (the order flips each round), a warm-up before each count, a fresh
 //! proxy for each proxy phase (so Xvnc serves the direct viewer alone in direct phases),
-//! and each ratio the median of the rounds' ratios.
+//! the fps and CPU ratios the medians of the rounds' ratios, and the bytes ratio over the
+//! frames of all rounds.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -413,7 +414,10 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
         }
     });
 
-    let (mut fps_r, mut bytes_r, mut cpu_r) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut fps_r, mut cpu_r) = (Vec::new(), Vec::new());
+    // Bytes per frame depend on which frames a phase happens to see (the plaid's period
+    // changes every frame), not on the load: they are summed over all rounds.
+    let (mut bytes_d, mut bytes_p) = ((0u64, 0u64), (0u64, 0u64));
     let (mut fps_d, mut fps_p) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         // Alternate the order so that a drift in the machine's load favours neither.
@@ -448,7 +452,10 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
         fps_d.push(direct.fps());
         fps_p.push(via.fps());
         fps_r.push(via.fps() / direct.fps().max(1e-9));
-        bytes_r.push(via.bytes_per_frame() / direct.bytes_per_frame().max(1e-9));
+        for (m, t) in [(&direct, &mut bytes_d), (&via, &mut bytes_p)] {
+            t.0 += m.phase.bytes;
+            t.1 += m.phase.frames;
+        }
         cpu_r
             .push(via.ms_per_frame(via.proxy_cpu) / direct.ms_per_frame(direct.xvnc_cpu).max(1e-9));
     }
@@ -460,7 +467,16 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
     );
     println!("load average at end: {}", load_average());
     ratio("fps_proxy_vs_direct", median(&mut fps_r));
-    ratio("bytes_proxy_vs_direct", median(&mut bytes_r));
+    let per_frame = |(b, f): (u64, u64)| b as f64 / f.max(1) as f64;
+    println!(
+        "bytes per frame over all rounds: direct {:.0}, proxy {:.0}",
+        per_frame(bytes_d),
+        per_frame(bytes_p)
+    );
+    ratio(
+        "bytes_proxy_vs_direct",
+        per_frame(bytes_p) / per_frame(bytes_d).max(1e-9),
+    );
     ratio("proxy_cpu_per_frame_vs_xvnc", median(&mut cpu_r));
     drop(xvnc);
     Ok(())
