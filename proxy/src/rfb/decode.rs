@@ -191,6 +191,19 @@ impl Px {
         self.pf.unpack(self.pf.read_value(b))
     }
 
+    /// Converts one row of wire pixels (`dst.len()` of them) into our colours.
+    fn read_row(&self, src: &[u8], dst: &mut [u32]) {
+        if self.direct && !self.pf.big_endian {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = u32::from_le_bytes([c[0], c[1], c[2], 0]);
+            }
+            return;
+        }
+        for (d, c) in dst.iter_mut().zip(src.chunks_exact(self.bpp)) {
+            *d = self.read(c);
+        }
+    }
+
     fn take(&self, r: &mut Rd<'_>) -> PResult<u32> {
         Ok(self.read(r.bytes(self.bpp)?))
     }
@@ -454,11 +467,14 @@ impl ClientDecoder {
                 let n = rect.area() * self.px.bpp;
                 self.check_bytes(n)?;
                 let b = r.bytes(n)?;
-                let px: Vec<u32> = b
-                    .chunks_exact(self.px.bpp)
-                    .map(|c| self.px.read(c))
-                    .collect();
-                self.fb.put_rect(&rect, &px)?;
+                // Straight into the framebuffer, row by row: no pixel block in between.
+                let px = self.px;
+                if rect.w > 0 {
+                    let row_bytes = usize::from(rect.w) * px.bpp;
+                    for (dy, src) in b.chunks_exact(row_bytes).enumerate() {
+                        px.read_row(src, self.fb.row_mut(&rect, dy as u16));
+                    }
+                }
             }
             encoding::COPY_RECT => {
                 let (sx, sy) = (r.u16()?, r.u16()?);
@@ -482,11 +498,13 @@ impl ClientDecoder {
                 if raw.len() != want {
                     return Err(Error::Zlib("short Zlib rectangle").into());
                 }
-                let px: Vec<u32> = raw
-                    .chunks_exact(self.px.bpp)
-                    .map(|c| self.px.read(c))
-                    .collect();
-                self.fb.put_rect(&rect, &px)?;
+                let px = self.px;
+                if rect.w > 0 {
+                    let row_bytes = usize::from(rect.w) * px.bpp;
+                    for (dy, src) in raw.chunks_exact(row_bytes).enumerate() {
+                        px.read_row(src, self.fb.row_mut(&rect, dy as u16));
+                    }
+                }
             }
             encoding::ZRLE => {
                 let len = r.u32()? as usize;
@@ -903,4 +921,26 @@ fn decode_jpeg(data: &[u8], rect: &Rect) -> Result<Vec<u32>> {
         .chunks_exact(3)
         .map(|c| (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_convert_in_every_byte_order() {
+        let le = Px::new(PixelFormat::rgb888());
+        let be = Px::new(PixelFormat {
+            big_endian: true,
+            ..PixelFormat::rgb888()
+        });
+        let p565 = Px::new(PixelFormat::rgb565());
+        let mut d = [0u32; 2];
+        le.read_row(&[0x56, 0x34, 0x12, 0xff, 1, 2, 3, 4], &mut d);
+        assert_eq!(d, [0x123456, 0x030201], "the top byte is not colour");
+        be.read_row(&[0xff, 0x12, 0x34, 0x56, 4, 3, 2, 1], &mut d);
+        assert_eq!(d, [0x123456, 0x030201]);
+        p565.read_row(&[0x00, 0xf8, 0xe0, 0x07], &mut d);
+        assert_eq!(d, [0xff0000, 0x00ff00]);
+    }
 }

@@ -32,6 +32,31 @@ const JPEG_QUALITY: [(u8, u8); 10] = [
     (100, 1),
 ];
 
+/// zlib levels per Tight compression level for Tight's streams: full colour (stream 0),
+/// two colours (1) and indexed (2). TigerVNC's table, so that a viewer gets the same
+/// trade-off from us as from Xvnc, except at the default compression level (2): there
+/// TigerVNC deflates bitmaps and indices at zlib level 3, where our deflate (miniz_oxide)
+/// still uses its fastest matcher and comes out larger than at level 2, so we take 4 (about
+/// zlib's 3 in size; these streams are a quarter or less of the pixel data).
+const TIGHT_ZLIB: [[u32; 3]; 10] = [
+    [0, 0, 0],
+    [1, 1, 1],
+    [2, 4, 4],
+    [2, 5, 5],
+    [3, 7, 6],
+    [4, 8, 7],
+    [5, 8, 7],
+    [6, 9, 8],
+    [7, 9, 9],
+    [9, 9, 9],
+];
+
+/// The zlib level for one Tight stream at the viewer's compression level.
+fn tight_zlib_level(compress: Option<u8>, stream: usize) -> u32 {
+    let row = TIGHT_ZLIB[usize::from(compress.unwrap_or(2).min(9))];
+    row[stream.min(2)]
+}
+
 const HEXTILE_RAW: u8 = 1;
 const HEXTILE_BG: u8 = 2;
 const HEXTILE_FG: u8 = 4;
@@ -53,11 +78,21 @@ fn deflate_sync(c: &mut Compress, mut input: &[u8], out: &mut Vec<u8>) -> Result
     }
 }
 
-/// A small ordered colour set, in wire pixel values.
+/// Slots in a palette's hash index: twice the largest palette, so probes stay short.
+const PAL_SLOTS: usize = 512;
+
+/// A small ordered colour set, in wire pixel values, with a hash index so that looking a
+/// colour up costs a probe or two rather than a scan of up to 256 entries.
 struct Palette {
     colours: Vec<u32>,
     counts: Vec<u32>,
     max: usize,
+    /// Index + 1 of the colour in each slot; 0 is empty.
+    slots: [u16; PAL_SLOTS],
+}
+
+fn pal_hash(v: u32) -> usize {
+    (v.wrapping_mul(0x9e37_79b1) >> 23) as usize
 }
 
 impl Palette {
@@ -65,26 +100,46 @@ impl Palette {
         Palette {
             colours: Vec::with_capacity(max),
             counts: Vec::with_capacity(max),
-            max,
+            max: max.min(PAL_SLOTS / 2),
+            slots: [0; PAL_SLOTS],
+        }
+    }
+
+    /// The slot holding `v`, or the empty slot where it would go.
+    fn slot(&self, v: u32) -> usize {
+        let mut h = pal_hash(v);
+        loop {
+            match self.slots[h] {
+                0 => return h,
+                i if self.colours[usize::from(i) - 1] == v => return h,
+                _ => h = (h + 1) % PAL_SLOTS,
+            }
         }
     }
 
     /// Index of a colour, adding it if there is room.
     fn insert(&mut self, v: u32) -> Option<usize> {
-        if let Some(i) = self.colours.iter().position(|&c| c == v) {
-            self.counts[i] += 1;
-            return Some(i);
+        let h = self.slot(v);
+        match self.slots[h] {
+            0 => {
+                if self.colours.len() >= self.max {
+                    return None;
+                }
+                self.colours.push(v);
+                self.counts.push(1);
+                self.slots[h] = self.colours.len() as u16;
+                Some(self.colours.len() - 1)
+            }
+            i => {
+                let i = usize::from(i) - 1;
+                self.counts[i] += 1;
+                Some(i)
+            }
         }
-        if self.colours.len() >= self.max {
-            return None;
-        }
-        self.colours.push(v);
-        self.counts.push(1);
-        Some(self.colours.len() - 1)
     }
 
     fn index(&self, v: u32) -> usize {
-        self.colours.iter().position(|&c| c == v).unwrap_or(0)
+        usize::from(self.slots[self.slot(v)]).saturating_sub(1)
     }
 
     /// Builds the palette of `vals`; `None` if there are more than `max` colours.
@@ -103,6 +158,30 @@ impl Palette {
 
     fn len(&self) -> usize {
         self.colours.len()
+    }
+}
+
+/// Appends a ZRLE CPIXEL: the wire value, less the unused byte `drop` when there is one.
+#[inline]
+fn put_cpixel(pf: &PixelFormat, drop: Option<usize>, v: u32, out: &mut Vec<u8>) {
+    let bpp = pf.bytes_per_pixel();
+    let b = match bpp {
+        1 => [v as u8, 0, 0, 0],
+        2 if pf.big_endian => {
+            let [x, y] = (v as u16).to_be_bytes();
+            [x, y, 0, 0]
+        }
+        2 => {
+            let [x, y] = (v as u16).to_le_bytes();
+            [x, y, 0, 0]
+        }
+        _ if pf.big_endian => v.to_be_bytes(),
+        _ => v.to_le_bytes(),
+    };
+    match drop {
+        Some(0) => out.extend_from_slice(&b[1..4]),
+        Some(_) => out.extend_from_slice(&b[0..3]),
+        None => out.extend_from_slice(&b[..bpp]),
     }
 }
 
@@ -265,8 +344,9 @@ impl EncoderState {
 
     fn packed_tile(&self, fb: &Framebuffer, t: &Rect, vals: &mut Vec<u32>) {
         vals.clear();
+        vals.reserve(t.area());
         for dy in 0..t.h {
-            vals.extend(fb.row(t, dy).iter().map(|&p| self.packer.pack(p)));
+            self.packer.pack_into(fb.row(t, dy), vals);
         }
     }
 
@@ -365,14 +445,7 @@ impl EncoderState {
         } else {
             pf.bytes_per_pixel()
         };
-        let put_c = |v: u32, o: &mut Vec<u8>| {
-            let mut b = Vec::with_capacity(4);
-            pf.write_value(v, &mut b);
-            match drop {
-                Some(d) => o.extend(b.iter().enumerate().filter(|(i, _)| *i != d).map(|x| *x.1)),
-                None => o.extend_from_slice(&b),
-            }
-        };
+        let put_c = |v: u32, o: &mut Vec<u8>| put_cpixel(&pf, drop, v, o);
         let mut data = std::mem::take(&mut self.scratch);
         data.clear();
         let mut vals = Vec::with_capacity(4096);
@@ -421,7 +494,9 @@ impl EncoderState {
     }
 
     fn put_tpixel(&self, pf: &PixelFormat, v: u32, out: &mut Vec<u8>) {
-        if pf.is_tight_888() {
+        if self.packer.is_identity() {
+            out.extend_from_slice(&[(v >> 16) as u8, (v >> 8) as u8, v as u8]);
+        } else if pf.is_tight_888() {
             let rgb = pf.unpack(v);
             out.extend_from_slice(&[(rgb >> 16) as u8, (rgb >> 8) as u8, rgb as u8]);
         } else {
@@ -446,7 +521,6 @@ impl EncoderState {
                 96
             });
         }
-        let level = self.level(2);
         let pal = Palette::of(&vals, max_colours);
         let mut data = std::mem::take(&mut self.scratch);
         data.clear();
@@ -493,9 +567,10 @@ impl EncoderState {
                 let q = usize::from(jpeg.unwrap_or(9).min(9));
                 let (quality, sub) = JPEG_QUALITY[q];
                 let mut rgb = Vec::with_capacity(r.area() * 3);
+                let exact = self.packer.is_identity();
                 for dy in 0..r.h {
                     for &p in fb.row(r, dy) {
-                        let c = self.packer.round_trip(p);
+                        let c = if exact { p } else { self.packer.round_trip(p) };
                         rgb.extend_from_slice(&[(c >> 16) as u8, (c >> 8) as u8, c as u8]);
                     }
                 }
@@ -529,6 +604,7 @@ impl EncoderState {
             out.extend_from_slice(&data);
             Ok(())
         } else {
+            let level = Compression::new(tight_zlib_level(self.enc.compress, stream));
             let c = self.tight[stream].get_or_insert_with(|| Compress::new(level, true));
             let mut z = Vec::with_capacity(data.len() / 2 + 64);
             let res = deflate_sync(c, &data, &mut z);
@@ -602,7 +678,7 @@ fn zrle_tile(
     vals: &[u32],
     w: u16,
     cps: usize,
-    put_c: &dyn Fn(u32, &mut Vec<u8>),
+    put_c: &impl Fn(u32, &mut Vec<u8>),
     out: &mut Vec<u8>,
 ) {
     let n = vals.len();
@@ -646,11 +722,16 @@ fn zrle_tile(
         for &c in &p.colours {
             put_c(c, out);
         }
+        // Runs are common: look a colour up only when it changes.
+        let mut last = (vals[0], p.index(vals[0]) as u8);
         for row in vals.chunks_exact(usize::from(w)) {
             let mut byte = 0u8;
             let mut used = 0;
             for &v in row {
-                byte = (byte << bits) | p.index(v) as u8;
+                if v != last.0 {
+                    last = (v, p.index(v) as u8);
+                }
+                byte = (byte << bits) | last.1;
                 used += bits;
                 if used == 8 {
                     out.push(byte);
@@ -793,6 +874,56 @@ mod tests {
         assert_eq!(tight_control(&t, noise), 0x00);
         // With JPEG allowed, a moderate palette still goes indexed.
         assert_eq!(tight_control(&tq, |i| (i % 7) as u32 * 0x10101), 0x60);
+    }
+
+    #[test]
+    fn palette_indexes_every_colour_and_refuses_one_too_many() {
+        // Colours chosen to collide in the hash as well as not.
+        let colours: Vec<u32> = (0..256u32)
+            .map(|i| if i % 2 == 0 { i << 23 } else { i * 0x010203 })
+            .collect();
+        let mut vals = colours.clone();
+        vals.extend(colours.iter().rev());
+        let p = Palette::of(&vals, 256).unwrap();
+        assert_eq!(p.len(), 256);
+        for (i, &c) in colours.iter().enumerate() {
+            assert_eq!(p.index(c), i);
+            assert_eq!(p.counts[i], if i == 255 { 1 } else { 2 }, "runs count once");
+        }
+        assert!(Palette::of(&vals, 255).is_none());
+        assert!(Palette::of(&[7, 7, 8, 9], 2).is_none());
+        assert_eq!(Palette::of(&[7, 7, 8, 7], 2).unwrap().colours, [7, 8]);
+    }
+
+    #[test]
+    fn tight_zlib_levels_by_stream_and_clamped() {
+        assert_eq!(
+            (0..3)
+                .map(|s| tight_zlib_level(None, s))
+                .collect::<Vec<_>>(),
+            [2, 4, 4]
+        );
+        assert_eq!(tight_zlib_level(Some(0), 1), 0);
+        assert_eq!(tight_zlib_level(Some(200), 3), 9);
+    }
+
+    #[test]
+    fn cpixels_leave_out_the_unused_byte() {
+        let mut out = Vec::new();
+        let pf = PixelFormat::rgb888();
+        put_cpixel(&pf, pf.cpixel_dropped_byte(), 0x123456, &mut out);
+        let be = PixelFormat {
+            big_endian: true,
+            ..pf
+        };
+        put_cpixel(&be, be.cpixel_dropped_byte(), 0x123456, &mut out);
+        let p565 = PixelFormat::rgb565();
+        put_cpixel(&p565, None, 0xabcd, &mut out);
+        put_cpixel(&pf, None, 0x123456, &mut out);
+        assert_eq!(
+            out,
+            [0x56, 0x34, 0x12, 0x12, 0x34, 0x56, 0xcd, 0xab, 0x56, 0x34, 0x12, 0]
+        );
     }
 
     #[test]

@@ -143,6 +143,12 @@ impl Framebuffer {
         &self.pixels[s..s + usize::from(r.w)]
     }
 
+    /// One row of a checked rectangle, for drawing.
+    pub fn row_mut(&mut self, r: &Rect, dy: u16) -> &mut [u32] {
+        let s = self.idx(r.x, r.y + dy);
+        &mut self.pixels[s..s + usize::from(r.w)]
+    }
+
     /// Copies a rectangle out, row-major.
     pub fn read_rect(&self, r: &Rect) -> Result<Vec<u32>> {
         r.check_within(self.width, self.height)?;

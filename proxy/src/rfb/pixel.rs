@@ -285,6 +285,7 @@ fn map_entry(i: u32) -> [u16; 3] {
 #[derive(Clone, Debug)]
 pub struct Packer {
     pf: PixelFormat,
+    identity: bool,
     r: [u32; 256],
     g: [u32; 256],
     b: [u32; 256],
@@ -295,6 +296,7 @@ impl Packer {
     pub fn new(pf: PixelFormat) -> Self {
         let mut p = Packer {
             pf,
+            identity: pf == PixelFormat::rgb888(),
             r: [0; 256],
             g: [0; 256],
             b: [0; 256],
@@ -325,6 +327,23 @@ impl Packer {
         self.r[((rgb >> 16) & 0xff) as usize]
             | self.g[((rgb >> 8) & 0xff) as usize]
             | self.b[(rgb & 0xff) as usize]
+    }
+
+    /// True when the wire value of a colour is the colour itself (`0x00RRGGBB` at 32
+    /// bits): packing is then a mask.
+    #[inline]
+    pub fn is_identity(&self) -> bool {
+        self.identity
+    }
+
+    /// Appends the wire values of `src` to `out`.
+    #[inline]
+    pub fn pack_into(&self, src: &[u32], out: &mut Vec<u32>) {
+        if self.is_identity() {
+            out.extend(src.iter().map(|&p| p & 0xff_ffff));
+        } else {
+            out.extend(src.iter().map(|&p| self.pack(p)));
+        }
     }
 
     /// Appends one of our colours as a wire pixel.

@@ -4,6 +4,13 @@
 //! Ratios: `fps_proxy_vs_direct` (goal >= 0.95), `bytes_proxy_vs_direct` (bytes per
 //! frame, goal <= 1.05) and `proxy_cpu_per_frame_vs_xvnc` (the proxy's CPU time per frame
 //! over Xvnc's when serving the viewer directly).
+//!
+//! The machine is shared, so the measurement is built to be fair under a changing load:
+//! the same viewer code and settings both ways, one Xvnc, short direct and proxy phases
+//! alternated in rounds (the order flips each round), a warm-up before each count, a fresh
+//! proxy for each proxy phase (so Xvnc serves the direct viewer alone in direct phases),
+//! the fps and CPU ratios the medians of the rounds' ratios, and the bytes ratio over the
+//! frames of all rounds.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -31,7 +38,8 @@ pub struct ProxyArgs {
     /// A short run for CI.
     #[arg(long)]
     quick: bool,
-    /// Seconds per measured phase (default 8; 3 with --quick).
+    /// Seconds per measured phase (default 2). Short phases, alternated, follow the
+    /// load of a shared machine better than long ones.
     #[arg(long)]
     secs: Option<f64>,
     /// The viewer's encoding: zrle, tight, hextile or raw.
@@ -43,6 +51,10 @@ pub struct ProxyArgs {
     /// Let the proxy use continuous updates from Xvnc.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     upstream_cu: bool,
+    /// Rounds of (direct, proxy) phases; the ratios are the medians over rounds
+    /// (default 9; 1 with --quick).
+    #[arg(long)]
+    rounds: Option<u32>,
     /// The xenvt-proxy binary (default: beside this one).
     #[arg(long)]
     proxy_bin: Option<PathBuf>,
@@ -109,6 +121,10 @@ struct Phase {
     secs: f64,
 }
 
+/// Viewing before a phase's count starts: the first frames after connecting carry the
+/// whole screen, and the pipeline (and, through the proxy, its upstream) fills up.
+const WARM_UP: Duration = Duration::from_millis(500);
+
 /// One viewer pulling updates as fast as they come for `secs`.
 async fn measure<S>(s: S, list: &[i32], secs: f64) -> anyhow::Result<Phase>
 where
@@ -139,8 +155,9 @@ where
     }
     .write(&mut m);
     wr.write_all(&m).await?;
-    // The first (whole) frame is not counted.
+    // The first (whole) frame and a short warm-up are not counted.
     let mut counting = false;
+    let warm_until = Instant::now() + WARM_UP;
     let (mut frames, mut start, mut base) = (0u64, Instant::now(), 0u64);
     loop {
         let mut rects = 0;
@@ -151,7 +168,7 @@ where
                 _ => {}
             }
         }
-        if !counting {
+        if !counting && Instant::now() >= warm_until {
             counting = true;
             start = Instant::now();
             base = n.load(Ordering::Relaxed);
@@ -271,13 +288,108 @@ fn start_proxy(
     Ok((g, addr.context("the proxy reported no viewer address")?))
 }
 
+/// The 1-minute load average, to say how busy the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One measured phase and the CPU time the processes involved used during it.
+struct Measured {
+    phase: Phase,
+    xvnc_cpu: f64,
+    proxy_cpu: f64,
+}
+
+impl Measured {
+    fn fps(&self) -> f64 {
+        self.phase.frames as f64 / self.phase.secs
+    }
+    fn bytes_per_frame(&self) -> f64 {
+        self.phase.bytes as f64 / self.phase.frames.max(1) as f64
+    }
+    fn ms_per_frame(&self, cpu: f64) -> f64 {
+        cpu * 1e3 / self.phase.frames.max(1) as f64
+    }
+}
+
+async fn direct_phase(
+    sock: &Path,
+    xvnc_pid: u32,
+    list: &[i32],
+    secs: f64,
+) -> anyhow::Result<Measured> {
+    let s = tokio::net::UnixStream::connect(sock).await?;
+    let x0 = cpu_secs(xvnc_pid);
+    let phase = measure(s, list, secs).await?;
+    Ok(Measured {
+        phase,
+        xvnc_cpu: cpu_secs(xvnc_pid) - x0,
+        proxy_cpu: 0.0,
+    })
+}
+
+/// A fresh proxy for each proxy phase, so that in the direct phases Xvnc serves the
+/// direct viewer alone.
+async fn proxy_phase(
+    a: &ProxyArgs,
+    bin: &Path,
+    dir: &Path,
+    sock: &Path,
+    xvnc_pid: u32,
+    list: &[i32],
+    secs: f64,
+) -> anyhow::Result<Measured> {
+    let (proxy, addr) = start_proxy(bin, dir, sock, &a.upstream, a.upstream_cu)?;
+    let proxy_pid = proxy.0.id();
+    // Wait for the proxy to have the desktop: its viewers are then 1920x1080.
+    let mut up = false;
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await?;
+        let (_, init) = client_handshake(&mut s, &ClientConfig::default()).await?;
+        if (init.width, init.height) == (1920, 1080) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !up {
+        bail!("the proxy never showed the desktop");
+    }
+    let s = tokio::net::TcpStream::connect(&addr).await?;
+    // As real viewers do: small requests must not wait for an acknowledgement.
+    s.set_nodelay(true)?;
+    let (x0, p0) = (cpu_secs(xvnc_pid), cpu_secs(proxy_pid));
+    let phase = measure(s, list, secs).await?;
+    let m = Measured {
+        phase,
+        xvnc_cpu: cpu_secs(xvnc_pid) - x0,
+        proxy_cpu: cpu_secs(proxy_pid) - p0,
+    };
+    drop(proxy);
+    Ok(m)
+}
+
 /// Runs the benchmark.
 pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
-    let secs = a.secs.unwrap_or(if a.quick { 3.0 } else { 8.0 });
+    let secs = a.secs.unwrap_or(2.0);
+    let rounds = a.rounds.unwrap_or(if a.quick { 1 } else { 9 }).max(1);
     let list = encoding_of(&a.encoding)?;
+    println!("load average at start: {}", load_average());
     encoder_rates(if a.quick { 3 } else { 10 })?;
-    let bin = match a.proxy_bin {
-        Some(b) => b,
+    let bin = match &a.proxy_bin {
+        Some(b) => b.clone(),
         None => std::env::current_exe()?
             .parent()
             .context("exe dir")?
@@ -296,65 +408,76 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
             let _ = tokio::process::Command::new("xsetroot")
                 .args(["-display", &disp, "-mod", &m.to_string(), "3", "-fg", &fg])
                 .args(["-bg", "#203040"])
+                .stderr(Stdio::null())
                 .status()
                 .await;
         }
     });
 
-    // Direct first, with no proxy attached to Xvnc.
-    let x0 = cpu_secs(xvnc_pid);
-    let direct = measure(tokio::net::UnixStream::connect(&sock).await?, &list, secs).await?;
-    let x1 = cpu_secs(xvnc_pid);
-
-    let (proxy, addr) = start_proxy(&bin, dir.path(), &sock, &a.upstream, a.upstream_cu)?;
-    let proxy_pid = proxy.0.id();
-    // Wait for the proxy to have the desktop: its viewers are then 1920x1080.
-    let mut up = false;
-    for _ in 0..200 {
-        let mut s = tokio::net::TcpStream::connect(&addr).await?;
-        let (_, init) = client_handshake(&mut s, &ClientConfig::default()).await?;
-        if (init.width, init.height) == (1920, 1080) {
-            up = true;
-            break;
+    let (mut fps_r, mut cpu_r) = (Vec::new(), Vec::new());
+    // Bytes per frame depend on which frames a phase happens to see (the plaid's period
+    // changes every frame), not on the load: they are summed over all rounds.
+    let (mut bytes_d, mut bytes_p) = ((0u64, 0u64), (0u64, 0u64));
+    let (mut fps_d, mut fps_p) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // Alternate the order so that a drift in the machine's load favours neither.
+        let (direct, via) = if round % 2 == 0 {
+            let d = direct_phase(&sock, xvnc_pid, &list, secs).await?;
+            let v = proxy_phase(&a, &bin, dir.path(), &sock, xvnc_pid, &list, secs).await?;
+            (d, v)
+        } else {
+            let v = proxy_phase(&a, &bin, dir.path(), &sock, xvnc_pid, &list, secs).await?;
+            let d = direct_phase(&sock, xvnc_pid, &list, secs).await?;
+            (d, v)
+        };
+        println!(
+            "round {round} direct: {} frames in {:.1}s ({:.1} fps), {:.0} bytes/frame, \
+             Xvnc {:.1} ms CPU/frame",
+            direct.phase.frames,
+            direct.phase.secs,
+            direct.fps(),
+            direct.bytes_per_frame(),
+            direct.ms_per_frame(direct.xvnc_cpu),
+        );
+        println!(
+            "round {round} proxy:  {} frames in {:.1}s ({:.1} fps), {:.0} bytes/frame, \
+             Xvnc {:.1} ms + proxy {:.1} ms CPU/frame",
+            via.phase.frames,
+            via.phase.secs,
+            via.fps(),
+            via.bytes_per_frame(),
+            via.ms_per_frame(via.xvnc_cpu),
+            via.ms_per_frame(via.proxy_cpu),
+        );
+        fps_d.push(direct.fps());
+        fps_p.push(via.fps());
+        fps_r.push(via.fps() / direct.fps().max(1e-9));
+        for (m, t) in [(&direct, &mut bytes_d), (&via, &mut bytes_p)] {
+            t.0 += m.phase.bytes;
+            t.1 += m.phase.frames;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        cpu_r
+            .push(via.ms_per_frame(via.proxy_cpu) / direct.ms_per_frame(direct.xvnc_cpu).max(1e-9));
     }
-    if !up {
-        bail!("the proxy never showed the desktop");
-    }
-    let (x1b, p1) = (cpu_secs(xvnc_pid), cpu_secs(proxy_pid));
-    let via = measure(tokio::net::TcpStream::connect(&addr).await?, &list, secs).await?;
-    let (x2, p2) = (cpu_secs(xvnc_pid), cpu_secs(proxy_pid));
     changer.abort();
-
-    let fps = |p: &Phase| p.frames as f64 / p.secs;
-    let bpf = |p: &Phase| p.bytes as f64 / (p.frames.max(1) as f64);
     println!(
-        "direct: {} frames in {:.1}s ({:.1} fps), {:.0} bytes/frame, Xvnc {:.1} ms CPU/frame",
-        direct.frames,
-        direct.secs,
-        fps(&direct),
-        bpf(&direct),
-        (x1 - x0) * 1e3 / direct.frames.max(1) as f64
+        "median fps: direct {:.1}, proxy {:.1}",
+        median(&mut fps_d),
+        median(&mut fps_p)
     );
+    println!("load average at end: {}", load_average());
+    ratio("fps_proxy_vs_direct", median(&mut fps_r));
+    let per_frame = |(b, f): (u64, u64)| b as f64 / f.max(1) as f64;
     println!(
-        "proxy:  {} frames in {:.1}s ({:.1} fps), {:.0} bytes/frame, Xvnc {:.1} ms + proxy {:.1} ms CPU/frame",
-        via.frames,
-        via.secs,
-        fps(&via),
-        bpf(&via),
-        (x2 - x1b) * 1e3 / via.frames.max(1) as f64,
-        (p2 - p1) * 1e3 / via.frames.max(1) as f64,
+        "bytes per frame over all rounds: direct {:.0}, proxy {:.0}",
+        per_frame(bytes_d),
+        per_frame(bytes_p)
     );
-    ratio("fps_proxy_vs_direct", fps(&via) / fps(&direct).max(1e-9));
-    ratio("bytes_proxy_vs_direct", bpf(&via) / bpf(&direct).max(1e-9));
-    let xvnc_direct = (x1 - x0) / direct.frames.max(1) as f64;
-    let proxy_via = (p2 - p1) / via.frames.max(1) as f64;
     ratio(
-        "proxy_cpu_per_frame_vs_xvnc",
-        proxy_via / xvnc_direct.max(1e-9),
+        "bytes_proxy_vs_direct",
+        per_frame(bytes_p) / per_frame(bytes_d).max(1e-9),
     );
-    drop(proxy);
+    ratio("proxy_cpu_per_frame_vs_xvnc", median(&mut cpu_r));
     drop(xvnc);
     Ok(())
 }
