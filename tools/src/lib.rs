@@ -7,3 +7,4 @@ pub mod harness;
 pub mod pattern;
 pub mod sim;
 pub mod smoke;
+pub mod soak;

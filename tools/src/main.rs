@@ -35,6 +35,9 @@ enum Cmd {
     /// The whole chain on a private simulated host: two guests with consoles and
     /// desktops, the backend and the proxy, for viewers to look at.
     Demo(xenvt::demo::DemoArgs),
+    /// The whole chain under churn and kill -9 faults, with checked transfers
+    /// throughout; prints a table and fails on any mismatch or leak.
+    Soak(xenvt::soak::SoakArgs),
     /// Benchmarks; each prints `ratio NAME VALUE` lines.
     Bench {
         #[command(subcommand)]
@@ -134,6 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Chan(a) => xenvt::chan::run(a).await,
         Cmd::Smoke(a) => xenvt::smoke::run(a).await,
         Cmd::Demo(a) => xenvt::demo::run(a).await,
+        Cmd::Soak(a) => xenvt::soak::run(a).await,
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
             BenchCmd::Proxy(a) => xenvt::bench::proxy::run(a).await,

@@ -103,6 +103,7 @@ xenstore-write "$d/order" "$order" && xenstore-write "$d/log" "$log" || lab_fail
 lab_domu_start "$name"
 
 t0=$(lab_now)
+lab_job "$id" 1 "$G start_agent"
 r=$(lab_job_ready "$id" 1 120) || tfail "the domU never started its agent"
 case $r in "ready "*) ;; *) tfail "the agent did not start: $r $(lab_job_get "$id" 1 err)" ;; esac
 wait_sock "$dir/down.sock" 60 || tfail "no $dir/down.sock 60 s after the agent started"
