@@ -122,7 +122,7 @@ lab_fifo_start up xenvt chan unix --listen "$up" --expect-proxy-v2 --recv "$byte
 lab_fifo_line 30 && [ "$LAB_LINE" = ready ] || tfail "up: dom0's end did not listen ('$LAB_LINE')"
 lab_job "$id" 2 "$G up_send $bytes"
 [ "$(lab_job_ready "$id" 2 60)" = connected ] || tfail "up: the domU's end did not connect: $(lab_job_get "$id" 2 err)"
-lab_fifo_line 60 || tfail "up: no PROXY v2 header line in dom0 ($(cat "$LAB_RUN/up.err"))"
+lab_fifo_line 60 || tfail "up: no PROXY v2 header line in dom0 ($(cat "$LAB_RUN/up.err")); the domU's end: rc $(lab_job_rc "$id" 2 5) $(lab_job_get "$id" 2 err)"
 want="proxy-v2 domid=$id domain=$name service=up"
 [ "$LAB_LINE" = "$want" ] || tfail "up: the header said '$LAB_LINE', want '$want'"
 lab_fifo_end up 600

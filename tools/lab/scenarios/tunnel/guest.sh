@@ -27,8 +27,8 @@ wait_tcp() {
     done
 }
 
-# start_agent: writes the agent's config and starts it in the background (its
-# log goes to the console, printed after the scenario); prints "ready PID".
+# start_agent: writes the agent's config and starts it in the background; prints
+# "ready PID".
 start_agent() {
     local order log
     order=$(xenstore-read "$T_HOME/order") || order=17
@@ -45,7 +45,15 @@ service = "up"
 [services.down]
 connect = "127.0.0.1:$DOWN_PORT"
 CFG
-    xenvt-agent --config /run/agent.toml --log "$log" >/dev/console 2>&1 &
+    # The lab's init leaves the loopback interface down, and every end here is on it.
+    ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up || { echo "cannot bring lo up"; return 1; }
+    # The log goes to a file (on a console the agent would colour it), copied to the
+    # console, which is printed after the scenario.
+    if [ ! -f /run/agent.log ]; then
+        : >/run/agent.log
+        tail -f /run/agent.log >/dev/console 2>&1 &
+    fi
+    xenvt-agent --config /run/agent.toml --log "$log" >>/run/agent.log 2>&1 &
     echo $! >/run/agent.pid
     echo "ready $!"
 }
