@@ -401,9 +401,16 @@ impl Soak {
         if let Some(d) = display {
             c.arg(format!(":{d}"));
         }
-        c.args(["-displayfd", "1", "-rfbport", "-1", "-SecurityTypes", "None"])
-            .args(["-geometry", "640x480", "-depth", "24"])
-            .args(["-nolisten", "tcp", "-desktop", &dom.name]);
+        c.args([
+            "-displayfd",
+            "1",
+            "-rfbport",
+            "-1",
+            "-SecurityTypes",
+            "None",
+        ])
+        .args(["-geometry", "640x480", "-depth", "24"])
+        .args(["-nolisten", "tcp", "-desktop", &dom.name]);
         let mut x = Kid::spawn(
             c,
             &format!("Xvnc-{}", dom.name),
@@ -428,7 +435,12 @@ impl Soak {
     }
 
     /// Runs `vncconfig -connect` so the desktop reverse-connects through the agent.
-    async fn connect_desktop(&self, dom: &DomainInfo, display: u32, vnc_port: u16) -> anyhow::Result<()> {
+    async fn connect_desktop(
+        &self,
+        dom: &DomainInfo,
+        display: u32,
+        vnc_port: u16,
+    ) -> anyhow::Result<()> {
         let st = tokio::time::timeout(
             PATIENCE,
             Command::new("vncconfig")
@@ -466,7 +478,11 @@ impl Soak {
                 t.elapsed() < PATIENCE,
                 "{} {} after {} s",
                 p.display(),
-                if gone { "is still there" } else { "did not appear" },
+                if gone {
+                    "is still there"
+                } else {
+                    "did not appear"
+                },
                 PATIENCE.as_secs()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -520,7 +536,11 @@ impl Soak {
             for ((_, name), old) in self.names.iter().zip(old) {
                 let p = self.down_sock(name);
                 let t = Instant::now();
-                while std::fs::metadata(&p).ok().map(|m| m.ino()).is_none_or(|i| Some(i) == old) {
+                while std::fs::metadata(&p)
+                    .ok()
+                    .map(|m| m.ino())
+                    .is_none_or(|i| Some(i) == old)
+                {
                     ensure!(
                         t.elapsed() < PATIENCE,
                         "the restarted backend did not attach to {name}"
@@ -586,7 +606,9 @@ impl Soak {
                 }
                 Ok(Err(Outcome::Mismatch(e))) => {
                     add(&self.c.mismatches, 1);
-                    eprintln!("soak: MISMATCH domain {i} transfer {id:#x} ({n} bytes, up {up}): {e}");
+                    eprintln!(
+                        "soak: MISMATCH domain {i} transfer {id:#x} ({n} bytes, up {up}): {e}"
+                    );
                 }
                 Ok(Err(Outcome::Cut(e))) => {
                     if clock.touched(start) {
@@ -611,7 +633,12 @@ impl Soak {
     async fn transfer(&self, i: usize, up: bool, id: u64, n: u64) -> Result<(), Outcome> {
         let (name, data_port, up_rx, down) = {
             let d = self.doms[i].lock().await;
-            (d.info.name.clone(), d.data_port, d.up_rx.clone(), d.down.clone())
+            (
+                d.info.name.clone(),
+                d.data_port,
+                d.up_rx.clone(),
+                d.down.clone(),
+            )
         };
         if up {
             let c = TcpStream::connect(("127.0.0.1", data_port))
@@ -670,7 +697,10 @@ impl Soak {
                 .copied();
             let secs = rng.range(1, 6);
             let r = match addr {
-                Some(a) => self.viewer_session(a, Duration::from_secs(secs), &mut rng).await,
+                Some(a) => {
+                    self.viewer_session(a, Duration::from_secs(secs), &mut rng)
+                        .await
+                }
                 None => Err(anyhow!("no viewer address")),
             };
             match r {
@@ -686,10 +716,16 @@ impl Soak {
 
     /// One viewer connection for `len`: updates as they come, and now and then a
     /// ctrl-alt-F1 or ctrl-alt-F7.
-    async fn viewer_session(&self, a: SocketAddr, len: Duration, rng: &mut Rng) -> anyhow::Result<()> {
+    async fn viewer_session(
+        &self,
+        a: SocketAddr,
+        len: Duration,
+        rng: &mut Rng,
+    ) -> anyhow::Result<()> {
         let mut s = tokio::time::timeout(PATIENCE, TcpStream::connect(a)).await??;
-        let (_, init) = tokio::time::timeout(PATIENCE, client_handshake(&mut s, &ClientConfig::default()))
-            .await??;
+        let (_, init) =
+            tokio::time::timeout(PATIENCE, client_handshake(&mut s, &ClientConfig::default()))
+                .await??;
         let pf = PixelFormat::rgb888();
         let mut dec = ClientDecoder::new(pf, init.width, init.height, DecoderLimits::default())?;
         let (rd, mut wr) = tokio::io::split(s);
@@ -726,7 +762,11 @@ impl Soak {
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 let mut m = Vec::new();
                 if Instant::now() >= next_key {
-                    let fkey = if rng.next_u64() % 2 == 0 { XK_F1 } else { XK_F7 };
+                    let fkey = if rng.next_u64() % 2 == 0 {
+                        XK_F1
+                    } else {
+                        XK_F7
+                    };
                     switch_keys(fkey, &mut m);
                     add(&self.c.view_switches, 1);
                     next_key = Instant::now() + Duration::from_millis(rng.range(300, 2000));
@@ -774,7 +814,8 @@ impl Soak {
             .copied()
             .context("no viewer address")?;
         let mut s = tokio::time::timeout(PATIENCE, TcpStream::connect(a)).await??;
-        tokio::time::timeout(PATIENCE, client_handshake(&mut s, &ClientConfig::default())).await??;
+        tokio::time::timeout(PATIENCE, client_handshake(&mut s, &ClientConfig::default()))
+            .await??;
         let (mut rd, mut wr) = tokio::io::split(s);
         // Drain what the proxy sends (unrequested here) so it never blocks on us.
         let drain = tokio::spawn(async move {
@@ -920,7 +961,9 @@ async fn receive<S: AsyncRead + Unpin>(mut s: S, id: u64, n: u64) -> Result<Opti
     }
     let sha = chk.sha256();
     if sha != expected_sha256(id, n) {
-        return Err(Outcome::Mismatch(anyhow!("sha256 {sha} is not the sender's")));
+        return Err(Outcome::Mismatch(anyhow!(
+            "sha256 {sha} is not the sender's"
+        )));
     }
     Ok(Some(()))
 }
@@ -1011,9 +1054,13 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
         );
     }
     std::fs::write(rig.path("proxy.toml"), proxy_cfg)?;
-    let (proxy, viewers, web) =
-        Soak::start_proxy(&proxy_exe, &dom0, &rig.path("proxy.toml"), &logs.join("proxy.log"))
-            .await?;
+    let (proxy, viewers, web) = Soak::start_proxy(
+        &proxy_exe,
+        &dom0,
+        &rig.path("proxy.toml"),
+        &logs.join("proxy.log"),
+    )
+    .await?;
     let data_l = UnixListener::bind(&data_sock)?;
     let backend_toml = format!(
         "{}[services.vnc]\ndeliver = {}\n[services.up]\ndeliver = {}\n[services.down]\nlisten = true\n",
@@ -1041,7 +1088,9 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
         backend: tokio::sync::Mutex::new(backend),
         proxy: tokio::sync::Mutex::new(proxy),
         doms: Vec::new(),
-        clocks: (0..n_dom).map(|_| Arc::new(FaultClock::default())).collect(),
+        clocks: (0..n_dom)
+            .map(|_| Arc::new(FaultClock::default()))
+            .collect(),
         names: names.clone(),
         viewers: Mutex::new(viewers),
         web: Mutex::new(web),
@@ -1087,17 +1136,24 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
 
     // The churn.
     let mut tasks = Vec::new();
-    for i in 0..n_dom as usize {
-        tasks.push(tokio::spawn(soak.clone().transfers(i, rng.fork(), a.max_transfer)));
+    for (i, (id, _)) in names.iter().enumerate() {
+        tasks.push(tokio::spawn(soak.clone().transfers(
+            i,
+            rng.fork(),
+            a.max_transfer,
+        )));
         for _ in 0..2 {
-            tasks.push(tokio::spawn(soak.clone().viewer_loop(names[i].0, rng.fork())));
+            tasks.push(tokio::spawn(soak.clone().viewer_loop(*id, rng.fork())));
         }
     }
     let t0 = Instant::now();
     let mut turn = 0u64;
     let mut fault_err = None;
     while t0.elapsed() < Duration::from_secs(secs) {
-        tokio::time::sleep(Duration::from_millis(rng.range(fault_every * 500, fault_every * 1500))).await;
+        tokio::time::sleep(Duration::from_millis(
+            rng.range(fault_every * 500, fault_every * 1500),
+        ))
+        .await;
         if t0.elapsed() >= Duration::from_secs(secs) {
             break;
         }
@@ -1131,11 +1187,15 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
     // Connections that just closed may still be on their way out.
     let settle = Instant::now();
     let mut fds1 = soak.fds().await;
-    while (fds1.0 > fds0.0 || fds1.1 > fds0.1 || fds1.2 > fds0.2) && settle.elapsed() < Duration::from_secs(10) {
+    while (fds1.0 > fds0.0 || fds1.1 > fds0.1 || fds1.2 > fds0.2)
+        && settle.elapsed() < Duration::from_secs(10)
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
         fds1 = soak.fds().await;
     }
-    let fd_leak = fds1.0.saturating_sub(fds0.0) + fds1.1.saturating_sub(fds0.1) + fds1.2.saturating_sub(fds0.2);
+    let fd_leak = fds1.0.saturating_sub(fds0.0)
+        + fds1.1.saturating_sub(fds0.1)
+        + fds1.2.saturating_sub(fds0.2);
     soak.note_rss("backend", soak.backend.lock().await.pid());
     soak.note_rss("proxy", soak.proxy.lock().await.pid);
     for d in &soak.doms {
@@ -1165,28 +1225,74 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
     }
 
     let c = &soak.c;
-    let rss = soak.peak_rss.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let mib = |k: &str| rss.get(k).map_or("-".into(), |v| format!("{:.1} MiB", *v as f64 / 1024.0));
+    let rss = soak
+        .peak_rss
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mib = |k: &str| {
+        rss.get(k)
+            .map_or("-".into(), |v| format!("{:.1} MiB", *v as f64 / 1024.0))
+    };
     let rows: Vec<(&str, String)> = vec![
         ("seed", seed.to_string()),
-        ("domains (each: desktop, console, 2 viewers, transfer loop)", n_dom.to_string()),
+        (
+            "domains (each: desktop, console, 2 viewers, transfer loop)",
+            n_dom.to_string(),
+        ),
         ("churn seconds", format!("{churn:.0}")),
-        ("transfers completed and checked", get(&c.transfers_ok).to_string()),
-        ("bytes moved and checked (sha256)", get(&c.bytes_checked).to_string()),
+        (
+            "transfers completed and checked",
+            get(&c.transfers_ok).to_string(),
+        ),
+        (
+            "bytes moved and checked (sha256)",
+            get(&c.bytes_checked).to_string(),
+        ),
         ("viewer sessions", get(&c.viewer_sessions).to_string()),
-        ("viewer connects refused or cut (faults)", get(&c.viewer_failures).to_string()),
-        ("view switches (ctrl-alt-F1/F7)", get(&c.view_switches).to_string()),
+        (
+            "viewer connects refused or cut (faults)",
+            get(&c.viewer_failures).to_string(),
+        ),
+        (
+            "view switches (ctrl-alt-F1/F7)",
+            get(&c.view_switches).to_string(),
+        ),
         ("frame updates received", get(&c.frames).to_string()),
-        ("faults: agent kill -9 + restart", get(&c.agent_kills).to_string()),
-        ("faults: backend kill -9 + restart", get(&c.backend_kills).to_string()),
-        ("faults: proxy kill -9 + restart", get(&c.proxy_kills).to_string()),
-        ("faults: desktop restarts", get(&c.desktop_restarts).to_string()),
-        ("transfers cut by a fault on their path", get(&c.transfers_cut_by_fault).to_string()),
+        (
+            "faults: agent kill -9 + restart",
+            get(&c.agent_kills).to_string(),
+        ),
+        (
+            "faults: backend kill -9 + restart",
+            get(&c.backend_kills).to_string(),
+        ),
+        (
+            "faults: proxy kill -9 + restart",
+            get(&c.proxy_kills).to_string(),
+        ),
+        (
+            "faults: desktop restarts",
+            get(&c.desktop_restarts).to_string(),
+        ),
+        (
+            "transfers cut by a fault on their path",
+            get(&c.transfers_cut_by_fault).to_string(),
+        ),
         ("**mismatches**", get(&c.mismatches).to_string()),
-        ("**transfers cut with no fault**", get(&c.unexplained_cuts).to_string()),
+        (
+            "**transfers cut with no fault**",
+            get(&c.unexplained_cuts).to_string(),
+        ),
         ("**transfers hung**", get(&c.hangs).to_string()),
-        ("**leaked fds** (backend, proxy, agents vs. start)", fd_leak.to_string()),
-        ("**leaked grants/mappings/ports** (domains holding any)", held.len().to_string()),
+        (
+            "**leaked fds** (backend, proxy, agents vs. start)",
+            fd_leak.to_string(),
+        ),
+        (
+            "**leaked grants/mappings/ports** (domains holding any)",
+            held.len().to_string(),
+        ),
         ("peak RSS agent (largest)", mib("agent")),
         ("peak RSS backend", mib("backend")),
         ("peak RSS proxy", mib("proxy")),
@@ -1261,7 +1367,10 @@ mod tests {
         assert!(matches!(r, Ok(Some(()))));
         let (a, b) = UnixStream::pair().unwrap();
         let (_, r) = tokio::join!(send(a, 6, 1000), receive(b, 7, 1000));
-        assert!(matches!(r, Ok(None)), "another transfer's stream is skipped");
+        assert!(
+            matches!(r, Ok(None)),
+            "another transfer's stream is skipped"
+        );
         let (a, b) = UnixStream::pair().unwrap();
         let (_, r) = tokio::join!(send(a, 7, 1000), receive(b, 7, 5000));
         assert!(matches!(r, Err(Outcome::Cut(_))), "short is a cut");
