@@ -18,7 +18,8 @@
 #
 # Settings (lab.sh run --set NAME=VALUE): LAB_TUNNEL_BYTES (each way, default
 # 67108864), LAB_TUNNEL_ORDER (the agent's ring order, default 17), LAB_TUNNEL_PROMPT
-# (seconds the backend may take to clean up after a kill or a destroy, default 10),
+# (seconds the backend may take to clean up after a kill or a destroy, default 30:
+# it includes the lab's own job round trip through xenstore, seconds under a loaded TCG),
 # LAB_XENVT_LOG (the daemons' log filter, default info).
 
 command -v xenvt >/dev/null || lab_skip "xenvt is not in the images"
@@ -27,7 +28,7 @@ xenvt chan unix --help 2>/dev/null | grep -q -- --expect-proxy-v2 || lab_skip "t
 
 bytes=${LAB_TUNNEL_BYTES:-67108864}
 order=${LAB_TUNNEL_ORDER:-17}
-prompt=${LAB_TUNNEL_PROMPT:-10}
+prompt=${LAB_TUNNEL_PROMPT:-30}
 log=${LAB_XENVT_LOG:-info}
 huge=1099511627776 # never reached: the kill step cuts it
 mid=4194304
