@@ -517,36 +517,29 @@ impl Soak {
     }
 
     async fn kill_backend(&self) -> anyhow::Result<()> {
-        use std::os::unix::fs::MetadataExt;
         for c in &self.clocks {
             c.begin();
         }
         let r = async {
-            // A killed backend leaves its sockets behind; the restarted one makes new ones.
-            let old: Vec<Option<u64>> = self
-                .names
-                .iter()
-                .map(|(_, n)| std::fs::metadata(self.down_sock(n)).ok().map(|m| m.ino()))
-                .collect();
             let mut b = self.backend.lock().await;
             self.note_rss("backend", b.pid());
             b.kill9().await?;
             *b = self.rig.backend(&self.backend_toml).await?;
-            drop(b);
-            for ((_, name), old) in self.names.iter().zip(old) {
-                let p = self.down_sock(name);
-                let t = Instant::now();
-                while std::fs::metadata(&p)
-                    .ok()
-                    .map(|m| m.ino())
-                    .is_none_or(|i| Some(i) == old)
-                {
-                    ensure!(
-                        t.elapsed() < PATIENCE,
-                        "the restarted backend did not attach to {name}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+            // Attached again once it listens for each guest (a killed backend leaves
+            // its old sockets behind, so their presence says nothing).
+            let mut left: std::collections::BTreeSet<&str> =
+                self.names.iter().map(|(_, n)| n.as_str()).collect();
+            while !left.is_empty() {
+                let l = match b.wait_for("listening for dom0 -> guest streams").await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let tail: Vec<String> = b.log().into_iter().rev().take(8).collect();
+                        bail!(
+                            "{e} (still waiting for {left:?}; last lines, newest first: {tail:?})"
+                        );
+                    }
+                };
+                left.retain(|n| !l.ends_with(&format!("/{n}")));
             }
             anyhow::Ok(())
         }
