@@ -158,7 +158,9 @@ impl FaultClock {
 }
 
 /// A child process whose output goes to a log file; its lines are offered to
-/// [`Kid::wait_for`] until it is ready, then only logged (so memory stays bounded).
+/// [`Kid::lines_until`] until it is ready, then only logged (so memory stays
+/// bounded). Unlike the demo's `Proc` it can be killed with -9 and its pid read,
+/// which the faults and the RSS figures need.
 struct Kid {
     child: Child,
     pid: u32,
@@ -846,6 +848,26 @@ impl Soak {
         Ok(())
     }
 
+    /// Stops every process with SIGTERM, in order (agents and desktops, backend,
+    /// proxy); what goes wrong is added to `problems`.
+    async fn stop_all(&self, problems: &mut Vec<String>) {
+        for d in &self.doms {
+            let mut d = d.lock().await;
+            if let Err(e) = d.agent.term().await {
+                problems.push(format!("agent of {}: {e:#}", d.info.name));
+            }
+            if let Err(e) = d.xvnc.term().await {
+                problems.push(format!("Xvnc of {}: {e:#}", d.info.name));
+            }
+        }
+        if let Err(e) = self.backend.lock().await.term().await {
+            problems.push(format!("backend: {e:#}"));
+        }
+        if let Err(e) = self.proxy.lock().await.term().await {
+            problems.push(format!("proxy: {e:#}"));
+        }
+    }
+
     /// File descriptors of (backend, proxy, all agents).
     async fn fds(&self) -> (usize, usize, usize) {
         let b = fd_count(self.backend.lock().await.pid());
@@ -914,8 +936,8 @@ async fn send<W: AsyncWrite + Unpin>(mut w: W, id: u64, n: u64) -> Result<(), Ou
         w.write_all(&buf[..k]).await.map_err(io)?;
         left -= k as u64;
     }
+    // A half-close: what is in flight still arrives, then the end of stream.
     w.shutdown().await.map_err(io)?;
-    // Hold the socket until the peer closes, so nothing in flight is dropped.
     Ok(())
 }
 
@@ -998,6 +1020,87 @@ async fn dispatch(l: UnixListener, routes: BTreeMap<u16, mpsc::UnboundedSender<U
                 }
             }
         });
+    }
+}
+
+/// Prints the run's table (markdown, for docs/reliability.md).
+fn print_table(soak: &Soak, seed: u64, n_dom: u16, churn: f64, fd_leak: usize, held: usize) {
+    let c = &soak.c;
+    let rss = soak
+        .peak_rss
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mib = |k: &str| {
+        rss.get(k)
+            .map_or("-".into(), |v| format!("{:.1} MiB", *v as f64 / 1024.0))
+    };
+    let rows: Vec<(&str, String)> = vec![
+        ("seed", seed.to_string()),
+        (
+            "domains (each: desktop, console, 2 viewers, transfer loop)",
+            n_dom.to_string(),
+        ),
+        ("churn seconds", format!("{churn:.0}")),
+        (
+            "transfers completed and checked",
+            get(&c.transfers_ok).to_string(),
+        ),
+        (
+            "bytes moved and checked (sha256)",
+            get(&c.bytes_checked).to_string(),
+        ),
+        ("viewer sessions", get(&c.viewer_sessions).to_string()),
+        (
+            "viewer connects refused or cut (faults)",
+            get(&c.viewer_failures).to_string(),
+        ),
+        (
+            "view switches (ctrl-alt-F1/F7)",
+            get(&c.view_switches).to_string(),
+        ),
+        ("frame updates received", get(&c.frames).to_string()),
+        (
+            "faults: agent kill -9 + restart",
+            get(&c.agent_kills).to_string(),
+        ),
+        (
+            "faults: backend kill -9 + restart",
+            get(&c.backend_kills).to_string(),
+        ),
+        (
+            "faults: proxy kill -9 + restart",
+            get(&c.proxy_kills).to_string(),
+        ),
+        (
+            "faults: desktop restarts",
+            get(&c.desktop_restarts).to_string(),
+        ),
+        (
+            "transfers cut by a fault on their path",
+            get(&c.transfers_cut_by_fault).to_string(),
+        ),
+        ("**mismatches**", get(&c.mismatches).to_string()),
+        (
+            "**transfers cut with no fault**",
+            get(&c.unexplained_cuts).to_string(),
+        ),
+        ("**transfers hung**", get(&c.hangs).to_string()),
+        (
+            "**leaked fds** (backend, proxy, agents vs. start)",
+            fd_leak.to_string(),
+        ),
+        (
+            "**leaked grants/mappings/ports** (domains holding any)",
+            held.to_string(),
+        ),
+        ("peak RSS agent (largest)", mib("agent")),
+        ("peak RSS backend", mib("backend")),
+        ("peak RSS proxy", mib("proxy")),
+    ];
+    println!("\n| soak | value |\n|---|---|");
+    for (k, v) in &rows {
+        println!("| {k} | {v} |");
     }
 }
 
@@ -1194,22 +1297,7 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
     for d in &soak.doms {
         soak.note_rss("agent", d.lock().await.agent.pid());
     }
-    // Stop in order; the host must hold nothing afterwards.
-    for d in &soak.doms {
-        let mut d = d.lock().await;
-        if let Err(e) = d.agent.term().await {
-            problems.push(format!("agent of {}: {e:#}", d.info.name));
-        }
-        if let Err(e) = d.xvnc.term().await {
-            problems.push(format!("Xvnc of {}: {e:#}", d.info.name));
-        }
-    }
-    if let Err(e) = soak.backend.lock().await.term().await {
-        problems.push(format!("backend: {e:#}"));
-    }
-    if let Err(e) = soak.proxy.lock().await.term().await {
-        problems.push(format!("proxy: {e:#}"));
-    }
+    soak.stop_all(&mut problems).await;
     let clean = soak.rig.host.wait_clean(5_000).await;
     let stats = soak.rig.host.stats().await?;
     let held = crate::sim::leaks(&stats);
@@ -1218,82 +1306,7 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
     }
 
     let c = &soak.c;
-    let rss = soak
-        .peak_rss
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let mib = |k: &str| {
-        rss.get(k)
-            .map_or("-".into(), |v| format!("{:.1} MiB", *v as f64 / 1024.0))
-    };
-    let rows: Vec<(&str, String)> = vec![
-        ("seed", seed.to_string()),
-        (
-            "domains (each: desktop, console, 2 viewers, transfer loop)",
-            n_dom.to_string(),
-        ),
-        ("churn seconds", format!("{churn:.0}")),
-        (
-            "transfers completed and checked",
-            get(&c.transfers_ok).to_string(),
-        ),
-        (
-            "bytes moved and checked (sha256)",
-            get(&c.bytes_checked).to_string(),
-        ),
-        ("viewer sessions", get(&c.viewer_sessions).to_string()),
-        (
-            "viewer connects refused or cut (faults)",
-            get(&c.viewer_failures).to_string(),
-        ),
-        (
-            "view switches (ctrl-alt-F1/F7)",
-            get(&c.view_switches).to_string(),
-        ),
-        ("frame updates received", get(&c.frames).to_string()),
-        (
-            "faults: agent kill -9 + restart",
-            get(&c.agent_kills).to_string(),
-        ),
-        (
-            "faults: backend kill -9 + restart",
-            get(&c.backend_kills).to_string(),
-        ),
-        (
-            "faults: proxy kill -9 + restart",
-            get(&c.proxy_kills).to_string(),
-        ),
-        (
-            "faults: desktop restarts",
-            get(&c.desktop_restarts).to_string(),
-        ),
-        (
-            "transfers cut by a fault on their path",
-            get(&c.transfers_cut_by_fault).to_string(),
-        ),
-        ("**mismatches**", get(&c.mismatches).to_string()),
-        (
-            "**transfers cut with no fault**",
-            get(&c.unexplained_cuts).to_string(),
-        ),
-        ("**transfers hung**", get(&c.hangs).to_string()),
-        (
-            "**leaked fds** (backend, proxy, agents vs. start)",
-            fd_leak.to_string(),
-        ),
-        (
-            "**leaked grants/mappings/ports** (domains holding any)",
-            held.len().to_string(),
-        ),
-        ("peak RSS agent (largest)", mib("agent")),
-        ("peak RSS backend", mib("backend")),
-        ("peak RSS proxy", mib("proxy")),
-    ];
-    println!("\n| soak | value |\n|---|---|");
-    for (k, v) in &rows {
-        println!("| {k} | {v} |");
-    }
+    print_table(&soak, seed, n_dom, churn, fd_leak, held.len());
     println!();
     let fail_counts = [
         ("mismatches", get(&c.mismatches)),
