@@ -144,6 +144,11 @@ enum Mode {
         connect: Option<PathBuf>,
         #[arg(long)]
         listen: Option<PathBuf>,
+        /// The stream starts with a PROXY protocol v2 header (as the backend
+        /// writes on every stream it delivers): read and validate it, and print
+        /// `proxy-v2 domid=N domain=NAME service=NAME` before the transfer.
+        #[arg(long)]
+        expect_proxy_v2: bool,
     },
 }
 
@@ -246,8 +251,12 @@ pub async fn run(a: ChanArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        Mode::Unix { connect, listen } => {
-            if let Some(p) = listen {
+        Mode::Unix {
+            connect,
+            listen,
+            expect_proxy_v2,
+        } => {
+            let mut s = if let Some(p) = listen {
                 let _ = std::fs::remove_file(p);
                 let l = tokio::net::UnixListener::bind(p)
                     .with_context(|| format!("bind {}", p.display()))?;
@@ -255,15 +264,19 @@ pub async fn run(a: ChanArgs) -> anyhow::Result<()> {
                 let (s, _) = l.accept().await.context("accept")?;
                 drop(l);
                 let _ = std::fs::remove_file(p);
-                play(s, &a, &counts).await?
+                s
             } else {
                 let p = connect.as_ref().context("--connect or --listen")?;
                 let s = tokio::net::UnixStream::connect(p)
                     .await
                     .with_context(|| format!("connect to {}", p.display()))?;
                 println!("connected");
-                play(s, &a, &counts).await?
+                s
+            };
+            if *expect_proxy_v2 {
+                println!("{}", proxy_line(&mut s).await?);
             }
+            play(s, &a, &counts).await?
         }
     };
     println!("{}", serde_json::to_string(&report)?);
@@ -275,6 +288,18 @@ fn set_spin(s: &ChannelStream, a: &ChanArgs) {
     if let Some(us) = a.spin_us {
         s.set_spin(Duration::from_micros(us));
     }
+}
+
+/// Reads and validates the PROXY v2 header at the start of `s`; returns the
+/// line that names its origin.
+async fn proxy_line<R: AsyncRead + Unpin>(s: &mut R) -> anyhow::Result<String> {
+    let o = xenvt_ring::proxyv2::read(s)
+        .await
+        .context("PROXY v2 header")?;
+    Ok(format!(
+        "proxy-v2 domid={} domain={} service={}",
+        o.domid, o.domain, o.service
+    ))
 }
 
 /// Resolves once `/local/domain/<peer>` is gone after an `@releaseDomain`.
@@ -709,6 +734,24 @@ mod tests {
         let (x, _) = pair("--ping 50", "--pong 20").await;
         let e = x.unwrap_err().to_string();
         assert_eq!(e, "peer closed after 20 of 50 round trips");
+    }
+
+    #[tokio::test]
+    async fn a_proxy_header_is_read_and_named() {
+        let o = xenvt_ring::proxyv2::Origin {
+            domid: 7,
+            domain: "vm1".into(),
+            service: "up".into(),
+        };
+        let mut bytes = xenvt_ring::proxyv2::encode(&o).unwrap();
+        bytes.extend_from_slice(b"data");
+        let mut r = &bytes[..];
+        let line = proxy_line(&mut r).await.unwrap();
+        assert_eq!(line, "proxy-v2 domid=7 domain=vm1 service=up");
+        assert_eq!(r, b"data", "the data after the header is left unread");
+        let mut r = &b"RFB 003.008\n plain data, no header"[..];
+        let e = format!("{:#}", proxy_line(&mut r).await.unwrap_err());
+        assert!(e.contains("signature"), "{e}");
     }
 
     #[test]

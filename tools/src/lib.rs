@@ -8,3 +8,4 @@ pub mod pattern;
 pub mod sim;
 pub mod smoke;
 pub mod status;
+pub mod soak;

@@ -37,6 +37,9 @@ enum Cmd {
     Demo(xenvt::demo::DemoArgs),
     /// Per-domain state from the backend's and the proxy's control sockets.
     Status(xenvt::status::StatusArgs),
+    /// The whole chain under churn and kill -9 faults, with checked transfers
+    /// throughout; prints a table and fails on any mismatch or leak.
+    Soak(xenvt::soak::SoakArgs),
     /// Benchmarks; each prints `ratio NAME VALUE` lines.
     Bench {
         #[command(subcommand)]
@@ -137,6 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Smoke(a) => xenvt::smoke::run(a).await,
         Cmd::Demo(a) => xenvt::demo::run(a).await,
         Cmd::Status(a) => xenvt::status::run(a).await,
+        Cmd::Soak(a) => xenvt::soak::run(a).await,
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
             BenchCmd::Proxy(a) => xenvt::bench::proxy::run(a).await,
