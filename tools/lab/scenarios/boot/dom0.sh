@@ -1,4 +1,4 @@
-# dom0 and a PV domU boot with the Xen devices; a xenstore node makes a round trip.
+# dom0 and a PV domU boot with the Xen devices; a xenstore node makes a round trip; the .debs are installed right.
 # Sourced by the lab's dom0 init with lib.sh loaded; exit 0 passes, 77 skips.
 
 lab_check_devices
@@ -15,3 +15,9 @@ got=$(lab_wait_node "/local/domain/$id/data/lab/boot" 120) || lab_fail "the domU
 lab_log "domU $id up and answered after $(lab_since "$t0") s"
 [ "$got" = "echo $nonce domid=$id" ] || lab_fail "data/lab/boot is '$got', want 'echo $nonce domid=$id'"
 lab_domu_wait "$id" 30 || lab_fail "the domU's checks failed (status $?)"
+
+# The packages (tools/lab/lab.sh installs them with dpkg): files in place, configs
+# accepted. The domU checked its own before it answered.
+. ./packages.sh
+boot_packages_present || lab_skip "the images have no xenvt packages (the build or the packaging failed)"
+boot_check_packages xenvt-tools xenvt-dom0
