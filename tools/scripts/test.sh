@@ -4,6 +4,7 @@
 #   tier 2: loom model checks of the ring and notify protocol
 #   tier 3: a short fuzz run of each cargo-fuzz target (hostile peer)
 #   tier 4: the simulated host, multi-process: a channel smoke run and a quick ring benchmark
+#   packages: the .deb packages (cargo-deb), checked by lintian
 #   tier 5: real Xen: Xen 4.17 with a dom0 and PV domUs under QEMU (TCG), the lab's scenarios
 #           (docs/testing.md); XENVT_LAB_SCENARIOS overrides the list
 # Functions below run inside `if`, where `set -e` is off: each step says `|| return 1`.
@@ -64,12 +65,19 @@ fuzz_crate() {
 }
 tier "fuzz" fuzz
 
+# The .deb packages (docs/install.md): every release program, packaged and checked by
+# lintian. The real-Xen tier installs them into its images.
+packages() {
+  bash tools/scripts/package.sh --lintian
+}
+
 sim() {
   cargo build --release --locked -p xenvt || return 1
   ./target/release/xenvt smoke || return 1
   ./target/release/xenvt bench ring --quick
 }
 tier "simulated host" sim
+tier "packages" packages
 
 realxen() {
   bash tools/lab/lab.sh setup || return 1
