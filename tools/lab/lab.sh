@@ -200,8 +200,12 @@ stage_overlay() {
     # --force-depends: the libraries they depend on come from the base image,
     # which has no dpkg database. --force-not-root lets a non-root user unpack
     # (its maintainer scripts then fail: the lab runs as root).
+    # Its output is shown only on failure: the chroot has no /dev/null, which the
+    # scripts' systemd steps redirect to, and no systemd helpers, both harmless.
     dpkg --root="$img" --log=/dev/null --force-depends --force-not-root \
-        -i "${debs[@]}" >&2 || die "dpkg -i ${debs[*]##*/} into $img failed"
+        -i "${debs[@]}" >"$img.dpkg.log" 2>&1 ||
+        { cat "$img.dpkg.log" >&2; die "dpkg -i ${debs[*]##*/} into $img failed"; }
+    rm -f "$img.dpkg.log"
     [ "$sh_tmp" = 0 ] || rm -rf "$img/bin"
     # The programs the packages put in /usr/bin, with the libraries they need.
     local progs=()
