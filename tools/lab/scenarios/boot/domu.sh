@@ -11,4 +11,16 @@ lab_log "domU $domid wrote data/lab/boot"
 . ./packages.sh
 if boot_packages_present; then
     boot_check_packages xenvt-tools xenvt-agent
+    # Run the agent as its unit does, with the shipped config, and a stand-in for the
+    # local service that config lets dom0 reach (127.0.0.1:5900): it answers with
+    # the nonce, so dom0 can see a stream cross the packaged agent and backend.
+    boot_loopback_up
+    socat TCP-LISTEN:5900,bind=127.0.0.1,reuseaddr,fork SYSTEM:"echo boot-service $nonce" \
+        >/dev/null 2>&1 </dev/null &
+    $(boot_unit_cmd xenvt-agent.service) >/dev/null 2>"$LAB_RUN/agent.log" </dev/null &
+    lab_wait_node "/local/domain/$domid/data/xenvt/state" 30 ready >/dev/null || {
+        cat "$LAB_RUN/agent.log"
+        lab_fail "the packaged agent did not publish data/xenvt/state = ready"
+    }
+    lab_log "the packaged agent is up (data/xenvt/state = ready)"
 fi

@@ -39,3 +39,10 @@ boot_check_packages() {
         lab_log "package $_p: installed, its $_n files in place"
     done
 }
+
+# boot_unit_cmd UNIT: the command the installed unit starts (its ExecStart).
+boot_unit_cmd() { sed -n 's/^ExecStart=//p' "/usr/lib/systemd/system/$1"; }
+
+# boot_loopback_up: brings up lo, as a real system's networking does (the daemons'
+# configs use 127.0.0.1).
+boot_loopback_up() { ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up; }
