@@ -206,7 +206,7 @@ stage_overlay() {
         -i "${debs[@]}" >"$img.dpkg.log" 2>&1 ||
         { cat "$img.dpkg.log" >&2; die "dpkg -i ${debs[*]##*/} into $img failed"; }
     rm -f "$img.dpkg.log"
-    [ "$sh_tmp" = 0 ] || rm -rf "$img/bin"
+    [ "$sh_tmp" = 0 ] || rm -rf "${img:?}/bin"
     # The programs the packages put in /usr/bin, with the libraries they need.
     local progs=()
     mapfile -t progs < <(cat "$img"/var/lib/dpkg/info/*.list | grep '^/usr/bin/.' | sed "s|^|$img|")

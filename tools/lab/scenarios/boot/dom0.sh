@@ -27,8 +27,11 @@ boot_check_packages xenvt-tools xenvt-dom0
 # directories are the units' RuntimeDirectory and LogsDirectory).
 mkdir -p /run/xenvt /run/xenvt-proxy /var/log/xenvt
 boot_loopback_up
-$(boot_unit_cmd xenvt-backend.service) >/dev/null 2>"$LAB_RUN/backend.log" </dev/null &
+# shellcheck disable=SC2046 # the units' command lines, split into words as systemd does
+set -- $(boot_unit_cmd xenvt-backend.service)
+"$@" >/dev/null 2>"$LAB_RUN/backend.log" </dev/null &
 backend_pid=$!
+# shellcheck disable=SC2046
 lab_fifo_start proxy $(boot_unit_cmd xenvt-proxy.service)
 # The backend attaches to the domU's agent and, for the config's listen = true,
 # opens a socket per guest: a connection there is a stream into the guest, which

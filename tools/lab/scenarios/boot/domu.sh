@@ -17,7 +17,9 @@ if boot_packages_present; then
     boot_loopback_up
     socat TCP-LISTEN:5900,bind=127.0.0.1,reuseaddr,fork SYSTEM:"echo boot-service $nonce" \
         >/dev/null 2>&1 </dev/null &
-    $(boot_unit_cmd xenvt-agent.service) >/dev/null 2>"$LAB_RUN/agent.log" </dev/null &
+    # shellcheck disable=SC2046 # the unit's command line, split into words as systemd does
+    set -- $(boot_unit_cmd xenvt-agent.service)
+    "$@" >/dev/null 2>"$LAB_RUN/agent.log" </dev/null &
     lab_wait_node "/local/domain/$domid/data/xenvt/state" 30 ready >/dev/null || {
         cat "$LAB_RUN/agent.log"
         lab_fail "the packaged agent did not publish data/xenvt/state = ready"
