@@ -38,7 +38,8 @@ usage: lab.sh COMMAND [ARGS]
 
 environment:
   XENVT_LAB_CACHE       cache dir (default ~/.cache/xenvt-lab)
-  XENVT_LAB_XENVT       a prebuilt xenvt binary; its directory's programs go in the images (skips cargo build)
+  XENVT_LAB_XENVT       a prebuilt <target>/release/xenvt: the programs beside it are packaged (skips cargo build)
+  XENVT_LAB_DEBS        a directory of prebuilt .debs to install (skips building and packaging)
   XENVT_LAB_SMP         QEMU CPUs (default 2)
   XENVT_LAB_XEN_ARGS    extra Xen command line
   XENVT_LAB_DOM0_ARGS   extra dom0 kernel command line (no commas)
@@ -126,36 +127,47 @@ cmd_setup() {
 
 # ---------------------------------------------------------------- run
 
-# The project's programs each image carries: the test tool everywhere, the
-# agent in domUs, the backend and the proxy in dom0.
-DOMU_PROGS=(xenvt xenvt-agent)
-DOM0_PROGS=(xenvt xenvt-backend xenvt-proxy)
+# The project's packages each image installs (tools/scripts/package.sh): the
+# xenvt tool everywhere, the agent in domUs, the backend and the proxy in dom0.
+DOMU_PROGS=(xenvt-tools xenvt-agent)
+DOM0_PROGS=(xenvt-tools xenvt-dom0)
 
-# xenvt_bindir BUILD: prints the directory that holds the project's release
-# programs, or nothing when there are none (scenarios that need them skip).
+# xenvt_bindir BUILD: prints the directory that holds the project's .deb
+# packages, or nothing when there are none (scenarios that need them skip).
+# BUILD=1 builds the release programs and packages them; BUILD=0 packages the
+# programs already in <target>/release.
 xenvt_bindir() {
     local build=$1
-    if [ -n "${XENVT_LAB_XENVT:-}" ]; then
-        [ -x "$XENVT_LAB_XENVT" ] || die "XENVT_LAB_XENVT=$XENVT_LAB_XENVT is not executable"
-        dirname "$XENVT_LAB_XENVT"
+    if [ -n "${XENVT_LAB_DEBS:-}" ]; then
+        compgen -G "$XENVT_LAB_DEBS/*.deb" >/dev/null || die "XENVT_LAB_DEBS=$XENVT_LAB_DEBS holds no .deb"
+        echo "$XENVT_LAB_DEBS"
         return
     fi
-    local dir="${CARGO_TARGET_DIR:-$REPO/target}/release"
-    if [ "$build" = 1 ]; then
-        note "cargo build --release --bins"
-        if ! (cd "$REPO" && cargo build --release --bins >&2); then
-            note "WARNING: the build failed; the images carry no xenvt and scenarios that need it skip"
-            return
-        fi
+    local target=${CARGO_TARGET_DIR:-$REPO/target}
+    if [ -n "${XENVT_LAB_XENVT:-}" ]; then
+        # A prebuilt <target>/release/xenvt: package the programs beside it.
+        [ -x "$XENVT_LAB_XENVT" ] || die "XENVT_LAB_XENVT=$XENVT_LAB_XENVT is not executable"
+        target=$(cd "$(dirname "$XENVT_LAB_XENVT")/.." && pwd)
+        build=0
     fi
-    [ -x "$dir/xenvt" ] && echo "$dir"
-    return 0
+    local args=()
+    if [ "$build" = 0 ]; then
+        [ -x "$target/release/xenvt" ] || return 0
+        args=(--no-build)
+    fi
+    note "packaging (tools/scripts/package.sh ${args[*]})"
+    if ! CARGO_TARGET_DIR=$target bash "$REPO/tools/scripts/package.sh" "${args[@]}" >&2; then
+        note "WARNING: packaging failed; the images carry no xenvt and scenarios that need it skip"
+        return 0
+    fi
+    echo "$target/debian"
 }
 
-# stage_overlay DIR BINDIR PROG...: the per-run files of an image (BINDIR may
-# be empty; a program missing from it is left out).
+# stage_overlay DIR DEBDIR PACKAGE...: the per-run files of an image, with the
+# packages installed by dpkg into DIR as into a root file system, with their
+# own dpkg database (DEBDIR may be empty: no packages).
 stage_overlay() {
-    local img=$1 bindir=$2 p
+    local img=$1 debdir=$2 p f
     shift 2
     mkdir -p "$img/lab" "$img/usr/bin"
     cp "$LAB_DIR/guest/init" "$img/init"
@@ -163,16 +175,42 @@ stage_overlay() {
     cp "$LAB_DIR/guest/lab-run" "$img/usr/bin/lab-run"
     chmod 0755 "$img/init" "$img/usr/bin/lab-run"
     cp -r "$LAB_DIR/scenarios" "$img/lab/scenarios"
-    [ -n "$bindir" ] || return 0
-    local shipped=()
+    [ -n "$debdir" ] || return 0
+    local debs=()
     for p in "$@"; do
-        [ -x "$bindir/$p" ] || { note "WARNING: $bindir/$p is missing; the images go without it"; continue; }
-        # Debug info is most of a release binary's size, and every byte is unpacked under TCG.
-        objcopy --strip-debug "$bindir/$p" "$img/usr/bin/$p" 2>/dev/null || cp "$bindir/$p" "$img/usr/bin/$p"
-        chmod 0755 "$img/usr/bin/$p"
-        shipped+=("$img/usr/bin/$p")
+        f=$(compgen -G "$debdir/${p}_*.deb" | head -n 1) ||
+            { note "WARNING: no $p package in $debdir; the images go without it"; continue; }
+        debs+=("$f")
     done
-    [ ${#shipped[@]} -eq 0 ] || install_libs "$img" / "${shipped[@]}"
+    [ ${#debs[@]} -gt 0 ] || return 0
+    mkdir -p "$img/var/lib/dpkg/info" "$img/var/lib/dpkg/updates"
+    : >"$img/var/lib/dpkg/status"
+    : >"$img/var/lib/dpkg/available"
+    # The maintainer scripts run chrooted into DIR: a static busybox is its
+    # /bin/sh for that time (the image's own comes with its base). Their systemd
+    # steps find no systemd there and do nothing, as in a chroot.
+    local sh_tmp=0
+    if [ ! -e "$img/bin" ]; then
+        f=$(compgen -G "$CACHE/debs/busybox-static_*.deb" | head -n 1) || die "no busybox-static in $CACHE/debs"
+        mkdir -p "$img/bin"
+        dpkg-deb --fsys-tarfile "$f" | tar -xO ./bin/busybox >"$img/bin/sh"
+        chmod 0755 "$img/bin/sh"
+        sh_tmp=1
+    fi
+    # --force-depends: the libraries they depend on come from the base image,
+    # which has no dpkg database. --force-not-root lets a non-root user unpack
+    # (its maintainer scripts then fail: the lab runs as root).
+    # Its output is shown only on failure: the chroot has no /dev/null, which the
+    # scripts' systemd steps redirect to, and no systemd helpers, both harmless.
+    dpkg --root="$img" --log=/dev/null --force-depends --force-not-root \
+        -i "${debs[@]}" >"$img.dpkg.log" 2>&1 ||
+        { cat "$img.dpkg.log" >&2; die "dpkg -i ${debs[*]##*/} into $img failed"; }
+    rm -f "$img.dpkg.log"
+    [ "$sh_tmp" = 0 ] || rm -rf "${img:?}/bin"
+    # The programs the packages put in /usr/bin, with the libraries they need.
+    local progs=()
+    mapfile -t progs < <(cat "$img"/var/lib/dpkg/info/*.list | grep '^/usr/bin/.' | sed "s|^|$img|")
+    [ ${#progs[@]} -eq 0 ] || install_libs "$img" / "${progs[@]}"
 }
 
 # scenario_timeout NAME: seconds the scenario may take (file 'timeout' in its dir).
@@ -204,12 +242,12 @@ add_set() {
 prepare() {
     local run=$1 mode=$2 build=$3
     shift 3
-    local bindir
-    bindir=$(xenvt_bindir "$build")
+    local debdir
+    debdir=$(xenvt_bindir "$build")
     rm -rf "$run/ov-domu" "$run/ov-dom0"
-    stage_overlay "$run/ov-domu" "$bindir" "${DOMU_PROGS[@]}"
+    stage_overlay "$run/ov-domu" "$debdir" "${DOMU_PROGS[@]}"
     make_cpio "$run/ov-domu" "$run/domu-overlay.cpio"
-    stage_overlay "$run/ov-dom0" "$bindir" "${DOM0_PROGS[@]}"
+    stage_overlay "$run/ov-dom0" "$debdir" "${DOM0_PROGS[@]}"
     mkdir -p "$run/ov-dom0/lab/domu"
     cp "$run/domu-overlay.cpio" "$run/ov-dom0/lab/domu/overlay.cpio"
     {

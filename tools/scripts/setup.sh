@@ -14,8 +14,9 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 # procps, less, vim: real full-screen programs the console view must render.
 # chromium: a real browser for noVNC; tigervnc-viewer, xvfb, x11-apps: TigerVNC's viewer in a
 # virtual X server, and xwd to capture its screen.
+# lintian: checks the .deb packages (tools/scripts/package.sh --lintian).
 for pkg in xenstore-utils tigervnc-standalone-server x11-xserver-utils xterm xdotool x11-utils \
-  python3-venv procps less vim chromium tigervnc-viewer xvfb x11-apps; do
+  python3-venv procps less vim chromium tigervnc-viewer xvfb x11-apps lintian; do
   have "$pkg" || need_apt+=("$pkg")
 done
 
@@ -51,4 +52,12 @@ fi
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo not found; install a Rust toolchain (1.85 or newer) first" >&2
   exit 1
+fi
+
+# cargo-deb builds the .deb packages (tools/scripts/package.sh). A pinned version, built
+# once: a second run only asks it its version.
+cargo_deb_version=3.8.0
+if [ "$(cargo-deb --version 2>/dev/null)" != "cargo-deb $cargo_deb_version" ]; then
+  echo "setup: installing cargo-deb $cargo_deb_version"
+  cargo install cargo-deb --version "$cargo_deb_version" --locked --quiet
 fi

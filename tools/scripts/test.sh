@@ -4,9 +4,10 @@
 #   tier 2: loom model checks of the ring and notify protocol
 #   tier 3: a short fuzz run of each cargo-fuzz target (hostile peer)
 #   tier 4: the simulated host, multi-process: a channel smoke run and a quick ring benchmark
-#   tier 5: the soak: `xenvt soak --short` (4 domains with desktops and viewers, about
+#   tier 5: the .deb packages (cargo-deb), checked by lintian
+#   tier 6: the soak: `xenvt soak --short` (4 domains with desktops and viewers, about
 #           2 minutes) under kill -9 faults; fails on a wrong byte or a leak (docs/reliability.md)
-#   tier 6: real Xen: Xen 4.17 with a dom0 and PV domUs under QEMU (TCG), the lab's scenarios
+#   tier 7: real Xen: Xen 4.17 with a dom0 and PV domUs under QEMU (TCG), the lab's scenarios
 #           (docs/testing.md); XENVT_LAB_SCENARIOS overrides the list
 # Functions below run inside `if`, where `set -e` is off: each step says `|| return 1`.
 # Set XENVT_FUZZ_SECONDS to change the fuzz time per target (default 20 for the ring's
@@ -66,12 +67,19 @@ fuzz_crate() {
 }
 tier "fuzz" fuzz
 
+# The .deb packages (docs/install.md): every release program, packaged and checked by
+# lintian. The real-Xen tier installs them into its images.
+packages() {
+  bash tools/scripts/package.sh --lintian
+}
+
 sim() {
   cargo build --release --locked -p xenvt || return 1
   ./target/release/xenvt smoke || return 1
   ./target/release/xenvt bench ring --quick
 }
 tier "simulated host" sim
+tier "packages" packages
 
 soak() {
   # The daemons run from the same directory as xenvt.
