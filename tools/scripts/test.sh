@@ -69,8 +69,10 @@ tier "fuzz" fuzz
 
 # The .deb packages (docs/install.md): every release program, packaged and checked by
 # lintian. The real-Xen tier installs them into its images.
+packaged=0
 packages() {
-  bash tools/scripts/package.sh --lintian
+  bash tools/scripts/package.sh --lintian || return 1
+  packaged=1
 }
 
 sim() {
@@ -90,6 +92,8 @@ tier "soak" soak
 
 realxen() {
   bash tools/lab/lab.sh setup || return 1
+  # The images install the packages the packages tier built (else the lab builds its own).
+  if [ "$packaged" = 1 ]; then export XENVT_LAB_DEBS="$PWD/target/debian"; fi
   # shellcheck disable=SC2086 # the list is words on purpose
   bash tools/lab/lab.sh run ${XENVT_LAB_SCENARIOS:-boot chan vchan-ref liveness interop xen-bench tunnel}
 }
