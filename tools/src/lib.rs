@@ -7,5 +7,5 @@ pub mod harness;
 pub mod pattern;
 pub mod sim;
 pub mod smoke;
-pub mod status;
 pub mod soak;
+pub mod status;

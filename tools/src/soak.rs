@@ -65,37 +65,16 @@ pub struct SoakArgs {
     pub max_transfer: u64,
 }
 
-/// A seeded generator for the run's decisions (SplitMix64). Only replayability
-/// matters here, not statistical quality.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
+/// The run's decisions come from one seeded generator, forked per task, so a
+/// printed seed replays the run.
+pub type Rng = fastrand::Rng;
 
-impl Rng {
-    /// A generator for `seed`.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    /// The next 64 bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo {
-            return lo;
-        }
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-
-    /// A child generator (one per task, so tasks do not share a lock).
-    pub fn fork(&mut self) -> Rng {
-        Rng(self.next_u64())
+/// A value in `lo..=hi` (`lo` when the range is empty).
+fn range(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
+    if hi <= lo {
+        lo
+    } else {
+        rng.u64(lo..=hi)
     }
 }
 
@@ -589,8 +568,8 @@ impl Soak {
         let mut id = (i as u64 + 1) << 40;
         while !self.stop.load(Ordering::Relaxed) {
             id += 1;
-            let n = rng.range(64 << 10, max.max(64 << 10));
-            let up = rng.next_u64() % 2 == 0;
+            let n = range(&mut rng, 64 << 10, max.max(64 << 10));
+            let up = rng.bool();
             let clock = self.clocks[i].clone();
             let start = clock.mark();
             let r = tokio::time::timeout(TRANSFER_LIMIT, self.transfer(i, up, id, n)).await;
@@ -690,7 +669,7 @@ impl Soak {
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&id)
                 .copied();
-            let secs = rng.range(1, 6);
+            let secs = range(&mut rng, 1, 6);
             let r = match addr {
                 Some(a) => {
                     self.viewer_session(a, Duration::from_secs(secs), &mut rng)
@@ -751,20 +730,16 @@ impl Soak {
         .write(&mut m);
         wr.write_all(&m).await?;
         let end = Instant::now() + len;
-        let mut next_key = Instant::now() + Duration::from_millis(rng.range(300, 2000));
+        let mut next_key = Instant::now() + Duration::from_millis(range(rng, 300, 2000));
         let r = async {
             while Instant::now() < end {
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 let mut m = Vec::new();
                 if Instant::now() >= next_key {
-                    let fkey = if rng.next_u64() % 2 == 0 {
-                        XK_F1
-                    } else {
-                        XK_F7
-                    };
+                    let fkey = if rng.bool() { XK_F1 } else { XK_F7 };
                     switch_keys(fkey, &mut m);
                     add(&self.c.view_switches, 1);
-                    next_key = Instant::now() + Duration::from_millis(rng.range(300, 2000));
+                    next_key = Instant::now() + Duration::from_millis(range(rng, 300, 2000));
                 }
                 ClientMessage::FramebufferUpdateRequest {
                     incremental: true,
@@ -1116,7 +1091,7 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
     });
     ensure!(n_dom >= 1, "--domains must be at least 1");
     println!("soak: seed {seed} ({n_dom} domains, {secs} s; replay with --seed {seed})");
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::with_seed(seed);
     let exe = std::env::current_exe()?;
     let proxy_exe = sibling(&exe, "xenvt-proxy")?;
     let rig = Rig::new(&exe).await?;
@@ -1246,14 +1221,16 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
     let mut turn = 0u64;
     let mut fault_err = None;
     while t0.elapsed() < Duration::from_secs(secs) {
-        tokio::time::sleep(Duration::from_millis(
-            rng.range(fault_every * 500, fault_every * 1500),
-        ))
+        tokio::time::sleep(Duration::from_millis(range(
+            &mut rng,
+            fault_every * 500,
+            fault_every * 1500,
+        )))
         .await;
         if t0.elapsed() >= Duration::from_secs(secs) {
             break;
         }
-        let i = rng.range(0, u64::from(n_dom) - 1) as usize;
+        let i = range(&mut rng, 0, u64::from(n_dom) - 1) as usize;
         let r = match turn % 4 {
             0 => soak.kill_agent(i).await.context("kill -9 of an agent"),
             1 => soak.restart_desktop(i).await.context("a desktop restart"),
@@ -1342,13 +1319,15 @@ mod tests {
 
     #[test]
     fn the_generator_replays_and_stays_in_range() {
-        let (mut a, mut b) = (Rng::new(42), Rng::new(42));
+        let (mut a, mut b) = (Rng::with_seed(42), Rng::with_seed(42));
         for _ in 0..1000 {
-            let (x, y) = (a.range(3, 9), b.range(3, 9));
+            let (x, y) = (range(&mut a, 3, 9), range(&mut b, 3, 9));
             assert_eq!(x, y);
             assert!((3..=9).contains(&x));
         }
-        assert_ne!(Rng::new(1).next_u64(), Rng::new(2).next_u64());
+        assert_ne!(Rng::with_seed(1).u64(..), Rng::with_seed(2).u64(..));
+        assert_eq!(range(&mut a, 5, 5), 5);
+        assert_eq!(range(&mut a, 5, 4), 5);
     }
 
     #[test]
