@@ -118,6 +118,8 @@ fn cpu_secs(pid: u32) -> f64 {
 struct Phase {
     frames: u64,
     bytes: u64,
+    /// Pixels of all counted rectangles: shows whether updates carry whole screens.
+    pixels: u64,
     secs: f64,
 }
 
@@ -158,12 +160,17 @@ where
     // The first (whole) frame and a short warm-up are not counted.
     let mut counting = false;
     let warm_until = Instant::now() + WARM_UP;
-    let (mut frames, mut start, mut base) = (0u64, Instant::now(), 0u64);
+    let (mut frames, mut start, mut base, mut pixels) = (0u64, Instant::now(), 0u64, 0u64);
     loop {
         let mut rects = 0;
         loop {
             match rd.server_event(&mut dec).await? {
-                ServerEvent::Rect { .. } => rects += 1,
+                ServerEvent::Rect { rect, .. } => {
+                    rects += 1;
+                    if counting {
+                        pixels += rect.area() as u64;
+                    }
+                }
                 ServerEvent::UpdateEnd => break,
                 _ => {}
             }
@@ -180,6 +187,7 @@ where
             return Ok(Phase {
                 frames,
                 bytes: n.load(Ordering::Relaxed) - base,
+                pixels,
                 secs: el,
             });
         }
@@ -319,6 +327,10 @@ impl Measured {
     fn bytes_per_frame(&self) -> f64 {
         self.phase.bytes as f64 / self.phase.frames.max(1) as f64
     }
+    /// How much of a 1920x1080 screen an update carries, on average.
+    fn screens_per_frame(&self) -> f64 {
+        self.phase.pixels as f64 / (1920.0 * 1080.0) / self.phase.frames.max(1) as f64
+    }
     fn ms_per_frame(&self, cpu: f64) -> f64 {
         cpu * 1e3 / self.phase.frames.max(1) as f64
     }
@@ -432,20 +444,22 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
         };
         println!(
             "round {round} direct: {} frames in {:.1}s ({:.1} fps), {:.0} bytes/frame, \
-             Xvnc {:.1} ms CPU/frame",
+             {:.2} screens/frame, Xvnc {:.1} ms CPU/frame",
             direct.phase.frames,
             direct.phase.secs,
             direct.fps(),
             direct.bytes_per_frame(),
+            direct.screens_per_frame(),
             direct.ms_per_frame(direct.xvnc_cpu),
         );
         println!(
             "round {round} proxy:  {} frames in {:.1}s ({:.1} fps), {:.0} bytes/frame, \
-             Xvnc {:.1} ms + proxy {:.1} ms CPU/frame",
+             {:.2} screens/frame, Xvnc {:.1} ms + proxy {:.1} ms CPU/frame",
             via.phase.frames,
             via.phase.secs,
             via.fps(),
             via.bytes_per_frame(),
+            via.screens_per_frame(),
             via.ms_per_frame(via.xvnc_cpu),
             via.ms_per_frame(via.proxy_cpu),
         );
