@@ -264,10 +264,11 @@ impl ChannelStream {
         &self.shared.chan
     }
 
-    /// Sets how long a read or write that cannot progress looks at the ring
-    /// before it sleeps on the event channel (both halves; zero: never). The
-    /// default is [`crate::spin::default_budget`] (500 us unless the environment
-    /// says otherwise); see [`crate::spin`] for how a waiter shortens it.
+    /// Sets how long a read that cannot progress looks at the ring before it
+    /// sleeps on the event channel (zero: never). The default is
+    /// [`crate::spin::default_budget`] (500 us unless the environment says
+    /// otherwise); see [`crate::spin`] for when a reader spins and how it
+    /// shortens the budget. Writers waiting for space never spin.
     pub fn set_spin(&self, budget: Duration) {
         for s in &self.shared.spin {
             s.set_budget(budget);

@@ -95,8 +95,8 @@ pub struct ChanArgs {
     /// When done, send one bye byte before closing (the peer runs `--linger`).
     #[arg(long, global = true)]
     bye: bool,
-    /// The channel's spin budget: how many microseconds a read or write that
-    /// cannot progress looks at the ring before it sleeps on the event channel
+    /// The channel's spin budget: how many microseconds a read that cannot
+    /// progress (after a small read) looks at the ring before it sleeps on the event channel
     /// (`ChannelStream::set_spin`; 0 never spins, which shows what the wakeup
     /// costs). Without it, the library's default. Unix sockets ignore it.
     #[arg(long, global = true)]
