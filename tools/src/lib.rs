@@ -5,5 +5,6 @@ pub mod chan;
 pub mod demo;
 pub mod harness;
 pub mod pattern;
+pub mod screen;
 pub mod sim;
 pub mod smoke;

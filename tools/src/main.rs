@@ -35,11 +35,22 @@ enum Cmd {
     /// The whole chain on a private simulated host: two guests with consoles and
     /// desktops, the backend and the proxy, for viewers to look at.
     Demo(xenvt::demo::DemoArgs),
+    /// Reads screenshots of the proxy's views (for the lab's host side).
+    Screen {
+        #[command(subcommand)]
+        cmd: ScreenCmd,
+    },
     /// Benchmarks; each prints `ratio NAME VALUE` lines.
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum ScreenCmd {
+    /// Prints the text of a console-view screenshot (PPM), cell by cell.
+    Text(xenvt::screen::TextArgs),
 }
 
 #[derive(Subcommand)]
@@ -134,6 +145,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Chan(a) => xenvt::chan::run(a).await,
         Cmd::Smoke(a) => xenvt::smoke::run(a).await,
         Cmd::Demo(a) => xenvt::demo::run(a).await,
+        Cmd::Screen {
+            cmd: ScreenCmd::Text(a),
+        } => xenvt::screen::run_text(a),
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
             BenchCmd::Proxy(a) => xenvt::bench::proxy::run(a).await,

@@ -220,16 +220,26 @@ lab_wait_socket() {
 # lab_domu_create NAME [SCENARIO [MEMORY_MB]]: creates a PV domU, paused, that
 # runs SCENARIO's domu.sh (or a shell on its console if none); prints its domid.
 # Write what the guest needs under its data/ node, then lab_domu_start NAME.
+# LAB_DOMU_LAYERS: image layers to add (e.g. x11, see lab_layer_ok);
+# LAB_DOMU_ARGS: more kernel command line (e.g. loglevel=6; the last one wins).
 lab_domu_create() {
     _name=$1 _scen=${2-} _mem=${3:-256}
     _kernel=/lab/domu/vmlinux
     [ -f "$_kernel" ] || _kernel=/lab/domu/vmlinuz.gz
+    _ramdisk=$LAB_RUN/domu.cpio
+    if [ -n "${LAB_DOMU_LAYERS-}" ]; then
+        _ramdisk=$LAB_RUN/domu-$_name.cpio
+        cp "$LAB_RUN/domu.cpio" "$_ramdisk"
+        for _l in $LAB_DOMU_LAYERS; do
+            cat "/lab/domu/$_l.cpio" >>"$_ramdisk" || lab_fail "no $_l layer in dom0's image"
+        done
+    fi
     cat >"$LAB_RUN/$_name.cfg" <<EOF
 name = "$_name"
 type = "pv"
 kernel = "$_kernel"
-ramdisk = "$LAB_RUN/domu.cpio"
-extra = "console=hvc0 loglevel=5 lab.scenario=$_scen"
+ramdisk = "$_ramdisk"
+extra = "console=hvc0 loglevel=5 ${LAB_DOMU_ARGS-} lab.scenario=$_scen"
 memory = $_mem
 vcpus = 1
 on_poweroff = "destroy"
@@ -241,6 +251,10 @@ EOF
     }
     xl domid "$_name"
 }
+
+# lab_layer_ok NAME: dom0's image carries the domU image layer NAME (lab.sh adds
+# it for the scenarios whose directory has a 'layers' file naming it).
+lab_layer_ok() { [ -f "/lab/domu/$1.cpio" ]; }
 
 # lab_domu_start NAME: unpauses a domU made by lab_domu_create.
 lab_domu_start() { xl unpause "$1" || lab_fail "xl unpause $1 failed"; }
@@ -281,6 +295,41 @@ lab_domu_logs() {
         xl list
         return 1
     fi
+}
+
+# ---------------------------------------------------------------- the host side
+#
+# A scenario with a host.sh (run on the host by lab.sh, see host-lib.sh) and a
+# 'ports' file (dom0 TCP ports forwarded from the host's loopback) talks to it:
+# dom0 prints "XENVT-LAB HOST <scenario> WORD ARGS" on the serial console, which
+# the host side waits for; the host side answers with one line on a forwarded
+# port, which dom0 listens on before it speaks.
+
+# lab_net_up: dom0's emulated NIC (QEMU user networking), at QEMU's usual address.
+lab_net_up() {
+    insmod /lab/modules/e1000.ko || { lab_log "insmod e1000 failed"; return 1; }
+    ip link set lo up
+    ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 || { lab_log "eth0 did not come up"; return 1; }
+}
+
+# lab_host_listen PORT: starts listening for the host side's next line on PORT.
+lab_host_listen() {
+    rm -f "$LAB_RUN/host-$1.fifo"
+    mkfifo "$LAB_RUN/host-$1.fifo"
+    socat -u "TCP-LISTEN:$1,bind=10.0.2.15,reuseaddr" STDOUT >"$LAB_RUN/host-$1.fifo" 2>"$LAB_RUN/host-$1.err" &
+    exec 6<"$LAB_RUN/host-$1.fifo"
+}
+
+# lab_host_say WORD [ARGS]: a line for the host side.
+lab_host_say() { echo "XENVT-LAB HOST $LAB_SCENARIO $*"; }
+
+# lab_host_hear TIMEOUT: the host side's line (after lab_host_listen) in $LAB_LINE.
+lab_host_hear() {
+    LAB_LINE=
+    IFS= read -r -t "$1" LAB_LINE <&6
+    _rc=$?
+    exec 6<&-
+    return "$_rc"
 }
 
 # lab_run_scenario NAME TIMEOUT: runs one scenario's dom0.sh and prints its verdict.
@@ -334,6 +383,7 @@ lab_dom0_main() {
     hostname dom0
     . /lab/run.conf
     lab_dom0_up || { echo "XENVT-LAB FAIL setup: dom0 did not come up"; echo "XENVT-LAB DONE"; poweroff -f; }
+    if [ "${LAB_NET:-0}" = 1 ]; then lab_net_up; fi
     lab_log "dom0 up at $(lab_now) s since its kernel started"
     if [ "$LAB_MODE" = shell ]; then
         echo "lab: this is dom0. 'lab-run SCENARIO' runs a scenario; 'poweroff -f' stops the lab."
