@@ -48,7 +48,7 @@ host_wait() {
     exec {fd}< <(exec tail -n +1 -F "$LAB_SERIAL" 2>/dev/null)
     tpid=$!
     while left=$((end - SECONDS)) && [ "$left" -gt 0 ] && IFS= read -r -t "$left" -u "$fd" line; do
-        line=${line%$'\r'}
+        line=${line//$'\r'/}
         case "$line" in
         "$want" | "$want "*)
             kill "$tpid" 2>/dev/null

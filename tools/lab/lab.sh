@@ -295,7 +295,7 @@ prepare() {
     done
     {
         echo "LAB_MODE=$mode"
-        [ ${#LAB_PORTS[@]} -eq 0 ] || echo "LAB_NET=1"
+        [ ${#LAB_PORTS[@]} -eq 0 ] || echo "export LAB_NET=1"
         echo "LAB_SCENARIOS='$*'"
         for s in "$@"; do echo "LAB_TIMEOUT_$(echo "$s" | tr -c 'A-Za-z0-9\n' _)=$(scenario_timeout "$s")"; done
         for s in "${LAB_SETS[@]}"; do echo "export ${s%%=*}='${s#*=}'"; done

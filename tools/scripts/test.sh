@@ -74,7 +74,7 @@ tier "simulated host" sim
 realxen() {
   bash tools/lab/lab.sh setup || return 1
   # shellcheck disable=SC2086 # the list is words on purpose
-  bash tools/lab/lab.sh run ${XENVT_LAB_SCENARIOS:-boot chan vchan-ref liveness interop xen-bench}
+  bash tools/lab/lab.sh run ${XENVT_LAB_SCENARIOS:-boot chan vchan-ref liveness interop xen-bench desktop}
 }
 tier "real Xen" realxen
 

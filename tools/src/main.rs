@@ -105,6 +105,9 @@ enum BenchCmd {
     Relay(xenvt::bench::tunnel::relay::RelayArgs),
     /// A viewer straight on Xvnc against the same viewer through xenvt-proxy.
     Proxy(xenvt::bench::proxy::ProxyArgs),
+    /// A frame meter: one RFB viewer that asks for the next update as soon as one
+    /// ends, for a while; prints a JSON line (frames, bytes, seconds, fps).
+    Fps(xenvt::bench::fps::FpsArgs),
     /// A process end of a benchmark (internal).
     #[command(hide = true)]
     Peer(xenvt::bench::peer::PeerArgs),
@@ -151,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
             BenchCmd::Proxy(a) => xenvt::bench::proxy::run(a).await,
+            BenchCmd::Fps(a) => xenvt::bench::fps::run(a).await,
             BenchCmd::Peer(a) => xenvt::bench::peer::run(a).await,
             BenchCmd::Tunnel(a) => xenvt::bench::tunnel::run(a).await,
             BenchCmd::Relay(a) => xenvt::bench::tunnel::relay::run(a).await,

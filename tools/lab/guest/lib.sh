@@ -160,9 +160,11 @@ lab_domu_jobs() {
             }
             xenstore-write "$_j/finished" 1
         ) &
+        _jpid=$!
         _killed=
         lab_wait_until "$_j" 3600 _lab_job_step "$_j" "$LAB_RUN/job-$_n.pid"
-        wait
+        # This job only: the scenario may have daemons of its own in the background.
+        wait "$_jpid"
         xenstore-write "$_j/err" "$(tail -n 5 "$LAB_RUN/job-$_n.err" | tail -c 2000 | tr "\n" "|" | sed "s/|$//; s/|/ | /g")"
         xenstore-write "$_j/result" "$(grep '^{' "$LAB_RUN/job-$_n.out" | tail -n 1)"
         xenstore-write "$_j/rc" "$(cat "$LAB_RUN/job-$_n.rc")"
@@ -221,7 +223,8 @@ lab_wait_socket() {
 # runs SCENARIO's domu.sh (or a shell on its console if none); prints its domid.
 # Write what the guest needs under its data/ node, then lab_domu_start NAME.
 # LAB_DOMU_LAYERS: image layers to add (e.g. x11, see lab_layer_ok);
-# LAB_DOMU_ARGS: more kernel command line (e.g. loglevel=6; the last one wins).
+# LAB_DOMU_ARGS: more kernel command line (e.g. loglevel=6; the last one wins);
+# LAB_DOMU_VIF: a vif spec (e.g. 'mac=...,script=/abs/path'; dom0 needs xen-netback).
 lab_domu_create() {
     _name=$1 _scen=${2-} _mem=${3:-256}
     _kernel=/lab/domu/vmlinux
@@ -245,6 +248,7 @@ vcpus = 1
 on_poweroff = "destroy"
 on_crash = "preserve"
 EOF
+    [ -z "${LAB_DOMU_VIF-}" ] || echo "vif = [ '$LAB_DOMU_VIF' ]" >>"$LAB_RUN/$_name.cfg"
     xl create -p "$LAB_RUN/$_name.cfg" >"$LAB_RUN/$_name.create.log" 2>&1 || {
         cat "$LAB_RUN/$_name.create.log"
         lab_fail "xl create $_name failed"

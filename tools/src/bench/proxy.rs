@@ -48,7 +48,7 @@ pub struct ProxyArgs {
     proxy_bin: Option<PathBuf>,
 }
 
-fn encoding_of(name: &str) -> anyhow::Result<Vec<i32>> {
+pub(crate) fn encoding_of(name: &str) -> anyhow::Result<Vec<i32>> {
     Ok(match name {
         "zrle" => vec![encoding::ZRLE],
         "tight" => vec![encoding::TIGHT, encoding::TIGHT_QUALITY_0 + 8],
@@ -103,14 +103,15 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks / hz
 }
 
-struct Phase {
-    frames: u64,
-    bytes: u64,
-    secs: f64,
+/// What one viewer measured.
+pub(crate) struct Phase {
+    pub(crate) frames: u64,
+    pub(crate) bytes: u64,
+    pub(crate) secs: f64,
 }
 
 /// One viewer pulling updates as fast as they come for `secs`.
-async fn measure<S>(s: S, list: &[i32], secs: f64) -> anyhow::Result<Phase>
+pub(crate) async fn measure<S>(s: S, list: &[i32], secs: f64) -> anyhow::Result<Phase>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -60,9 +60,17 @@ daemon() {
 # flag NAME WHAT SECONDS: waits for a daemon's flag.
 flag() {
     lab_wait_node "$flags/$1/$2" "$3" >/dev/null || {
-        tail -n 20 "$LAB_RUN/$1.log"
+        dump
         lab_fail "$1: no '$2' within $3 s"
     }
+}
+
+# dump: the daemons' last lines (on a failure).
+dump() {
+    for _n in proxy backend; do
+        echo "---- $_n log"
+        tail -n 25 "$LAB_RUN/$_n.log"
+    done
 }
 
 # answer WHAT: the host side's answer to the last lab_host_say.
@@ -75,7 +83,7 @@ answer() {
 }
 
 t0=$(lab_now)
-export XENVT_LOG=$log
+export XENVT_LOG=$log NO_COLOR=1
 daemon proxy xenvt-proxy --config "$LAB_RUN/proxy.toml"
 flag proxy ready 60
 daemon backend xenvt-backend --log "$log" --config "$LAB_RUN/backend.toml"

@@ -1,12 +1,16 @@
-# start-x.sh GEOMETRY: Xvnc with a known desktop (a root colour and an xterm), then
-# its reverse connection to the agent. Prints "ready" once asked to connect.
+# start-x.sh GEOMETRY [XVNC ARGS...]: Xvnc with a known desktop (a root colour and
+# an xterm), then its reverse connection to the agent. Prints "ready" once asked to
+# connect. (desktop-bench uses it too.)
 geometry=$1
+shift
+# From here on the console is no longer under test: the logs go there too.
+tail -n +1 -F /run/agent.log /run/xvnc.log >/dev/console 2>&1 </dev/null &
 rm -f /run/xvnc.fd
 mkfifo /run/xvnc.fd
 # -displayfd: Xvnc writes its display number once it accepts clients.
 Xvnc :0 -geometry "$geometry" -depth 24 -SecurityTypes None -rfbport -1 \
     -rfbunixpath /run/xvnc.sock -fp built-ins -extension GLX -nolisten tcp -AlwaysShared \
-    -desktop lab-desktop -displayfd 3 3>/run/xvnc.fd >/run/xvnc.log 2>&1 </dev/null &
+    -desktop lab-desktop "$@" -displayfd 3 3>/run/xvnc.fd >/run/xvnc.log 2>&1 </dev/null &
 read -r -t 60 display </run/xvnc.fd || { tail -n 20 /run/xvnc.log >&2; echo "Xvnc did not start"; exit 1; }
 export DISPLAY=:$display
 xsetroot -solid '#3366cc' || { echo "xsetroot failed"; exit 1; }
