@@ -66,7 +66,7 @@ flag() {
     }
 }
 
-export XENVT_LOG=warn
+export XENVT_LOG=info NO_COLOR=1
 daemon proxy xenvt-proxy --config "$LAB_RUN/proxy.toml"
 flag proxy ready 60
 daemon backend xenvt-backend --log info --config "$LAB_RUN/backend.toml"
