@@ -212,7 +212,11 @@ mod tests {
 
     #[test]
     fn reads_back_rendered_text_through_ppm() {
-        let text = ["[    0.000000] Linux version 6.1.0-28-amd64", "", "Run /init as init process {}|~"];
+        let text = [
+            "[    0.000000] Linux version 6.1.0-28-amd64",
+            "",
+            "Run /init as init process {}|~",
+        ];
         let img = render(&text, 60, 0xaaaaaa, 0x000000);
         let back = parse_ppm(&ppm(&img)).unwrap();
         assert_eq!(back, img);

@@ -42,7 +42,8 @@ pub(crate) fn report(p: &Phase) -> String {
 /// Runs `xenvt bench fps`.
 pub async fn run(a: FpsArgs) -> anyhow::Result<()> {
     let list = encoding_of(&a.encoding)?;
-    if !(a.secs > 0.0 && a.secs <= 3600.0) || !(a.timeout > 0.0 && a.timeout <= 3600.0) {
+    let sane = |s: f64| s > 0.0 && s <= 3600.0;
+    if !sane(a.secs) || !sane(a.timeout) {
         bail!("--secs and --timeout take 0 to 3600 seconds");
     }
     let limit = Duration::from_secs_f64(a.secs + a.timeout);
