@@ -127,8 +127,9 @@ meter() {
     fr=$(lab_json_field "$out" frames)
     fps=$(lab_json_field "$out" fps)
     by=$(lab_json_field "$out" bytes)
+    took=$(lab_json_field "$out" secs)
     cpf=$(awk -v a="$c0" -v b="$c1" -v f="$fr" 'BEGIN { if (f < 1) f = 1; printf "%.1f", (b - a) * 1000 / f }')
-    lab_log "$1 $2: $fps fps ($fr frames in $secs s, $(awk -v b="$by" -v s="$secs" 'BEGIN { printf "%.2f", b / s / 1e6 }') MB/s), dom0+domU CPU $cpf ms/frame"
+    lab_log "$1 $2: $fps fps ($fr frames in $took s, $(lab_rate "$by" "$took") MB/s), dom0+domU CPU $cpf ms/frame"
     eval "FPS_$1_$2=$fps CPF_$1_$2=$cpf"
 }
 
