@@ -54,6 +54,7 @@ host_wait() {
             kill "$tpid" 2>/dev/null
             exec {fd}<&-
             line=${line#"$want"}
+            # shellcheck disable=SC2034 # read by the caller
             HOST_LINE=${line# }
             return 0
             ;;

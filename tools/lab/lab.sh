@@ -206,7 +206,7 @@ collect_ports() {
     local s p
     for s in "$@"; do
         for p in $(scenario_ports "$s"); do
-            [ "$p" -gt 0 ] && [ "$p" -lt 65536 ] || die "scenario $s: bad port '$p'"
+            if [ "$p" -lt 1 ] || [ "$p" -gt 65535 ]; then die "scenario $s: bad port '$p'"; fi
             printf '%s\n' "${LAB_PORTS[@]}" | grep -qx "$p" || LAB_PORTS+=("$p")
         done
     done

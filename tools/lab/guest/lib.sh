@@ -313,7 +313,10 @@ lab_domu_logs() {
 lab_net_up() {
     insmod /lab/modules/e1000.ko || { lab_log "insmod e1000 failed"; return 1; }
     ip link set lo up
-    ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 || { lab_log "eth0 did not come up"; return 1; }
+    if ! ip link set eth0 up || ! ip addr add 10.0.2.15/24 dev eth0; then
+        lab_log "eth0 did not come up"
+        return 1
+    fi
 }
 
 # lab_host_listen PORT: starts listening for the host side's next line on PORT.
@@ -330,6 +333,7 @@ lab_host_say() { echo "XENVT-LAB HOST $LAB_SCENARIO $*"; }
 # lab_host_hear TIMEOUT: the host side's line (after lab_host_listen) in $LAB_LINE.
 lab_host_hear() {
     LAB_LINE=
+    # shellcheck disable=SC2034 # read by the caller
     IFS= read -r -t "$1" LAB_LINE <&6
     _rc=$?
     exec 6<&-

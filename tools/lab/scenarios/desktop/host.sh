@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # HOST_CONTROL_PORT is read by host-lib.sh
 # The host side of 'desktop': vncdotool through QEMU's user networking captures the
 # console view (its text read back cell by cell with the proxy's font) and then the
 # desktop (checked in pixels). Screenshots go to the run's directory.
