@@ -154,6 +154,7 @@ for enc in $encodings; do
 done
 [ -z "$vsp" ] || kill "$vsp" 2>/dev/null
 for enc in $encodings; do
+    # shellcheck disable=SC2154 # fx..cc are set by these evals
     eval "fx=\$FPS_xenvt_$enc fv=\$FPS_vif_$enc fc=\$FPS_vchan_$enc"
     eval "cx=\$CPF_xenvt_$enc cv=\$CPF_vif_$enc cc=\$CPF_vchan_$enc"
     if [ "$enc" = raw ]; then

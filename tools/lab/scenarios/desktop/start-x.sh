@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC3045 # busybox ash has read -t
 # start-x.sh GEOMETRY [XVNC ARGS...]: Xvnc with a known desktop (a root colour and
 # an xterm), then its reverse connection to the agent. Prints "ready" once asked to
 # connect. (desktop-bench uses it too.)
