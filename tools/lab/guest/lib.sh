@@ -301,6 +301,93 @@ lab_domu_logs() {
     fi
 }
 
+# ---------------------------------------------------------------- xenvt's daemons in dom0
+#
+# The desktop scenarios run xenvt-proxy and xenvt-backend in dom0. Their output goes
+# to $LAB_RUN/NAME.log, and the lines that mark a step set a xenstore flag under
+# $LAB_FLAGS/NAME/ (ready, console, desktop, attached): an event to wait on.
+
+LAB_FLAGS=/local/domain/0/data/lab/flags
+
+# lab_daemon NAME CMD...: runs a daemon in the background, flagging its steps.
+lab_daemon() {
+    local _n=$1
+    shift
+    "$@" 2>&1 </dev/null | while IFS= read -r _l; do
+        printf '%s\n' "$_l" >>"$LAB_RUN/$_n.log"
+        case "$_l" in
+        *"xenvt-proxy: ready"* | *"watching for agents"*) xenstore-write "$LAB_FLAGS/$_n/ready" 1 ;;
+        *"console open"*) xenstore-write "$LAB_FLAGS/$_n/console" 1 ;;
+        *"desktop connected"*) xenstore-write "$LAB_FLAGS/$_n/desktop" 1 ;;
+        *"agent attached"*) xenstore-write "$LAB_FLAGS/$_n/attached" 1 ;;
+        esac
+    done &
+}
+
+# lab_daemons_dump: the daemons' last lines (on a failure).
+lab_daemons_dump() {
+    for _n in proxy backend; do
+        [ -f "$LAB_RUN/$_n.log" ] || continue
+        echo "---- $_n log"
+        tail -n 25 "$LAB_RUN/$_n.log"
+    done
+}
+
+# lab_flag NAME WHAT SECONDS: waits for a daemon's flag; fails the scenario without it.
+lab_flag() {
+    lab_wait_node "$LAB_FLAGS/$1/$2" "$3" >/dev/null || {
+        lab_daemons_dump
+        lab_fail "$1: no '$2' within $3 s"
+    }
+}
+
+# lab_xenvt_dom0 LOG: starts xenvt-proxy (viewers on 127.0.0.1:5900+domid, the status
+# page on 127.0.0.1:6080, every domain in xenstore with its console) and
+# xenvt-backend (service vnc delivered to the proxy), with the log filter LOG.
+lab_xenvt_dom0() {
+    xenstore-rm "$LAB_FLAGS" 2>/dev/null
+    rm -f "$LAB_RUN/proxy.log" "$LAB_RUN/backend.log"
+    mkdir -p /run/xenvt-proxy "$LAB_RUN/console-logs"
+    cat >"$LAB_RUN/proxy.toml" <<CFG
+[viewer]
+listen = "127.0.0.1"
+security = "none"
+port_base = 5900
+[upstream]
+backend_socket = "/run/xenvt-proxy/desktop.sock"
+[console]
+log_dir = "$LAB_RUN/console-logs"
+[xenstore]
+enabled = true
+domains = true
+[web]
+listen = "127.0.0.1:6080"
+CFG
+    cat >"$LAB_RUN/backend.toml" <<CFG
+run_dir = "/run/xenvt"
+[services.vnc]
+deliver = "/run/xenvt-proxy/desktop.sock"
+CFG
+    XENVT_LOG=$1 NO_COLOR=1 lab_daemon proxy xenvt-proxy --config "$LAB_RUN/proxy.toml"
+    lab_flag proxy ready 60
+    NO_COLOR=1 lab_daemon backend xenvt-backend --log "$1" --config "$LAB_RUN/backend.toml"
+    lab_flag backend ready 60
+}
+
+# lab_wait_view DOMID VIEW SECONDS: the proxy shows VIEW (console, desktop) for the
+# domain. The proxy has no event for its view switch: its status page is polled.
+lab_wait_view() {
+    local _end=$(($(date +%s) + $3))
+    until wget -q -O - http://127.0.0.1:6080/domains.json 2>/dev/null |
+        grep -q "\"domid\":$1,[^}]*\"view\":\"[^\"]*$2"; do
+        [ "$(date +%s)" -lt "$_end" ] || {
+            lab_log "the proxy shows: $(wget -q -O - http://127.0.0.1:6080/domains.json 2>&1)"
+            return 1
+        }
+        usleep 100000
+    done
+}
+
 # ---------------------------------------------------------------- the host side
 #
 # A scenario with a host.sh (run on the host by lab.sh, see host-lib.sh) and a

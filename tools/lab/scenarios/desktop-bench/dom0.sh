@@ -22,77 +22,23 @@ encodings=${LAB_DBENCH_ENCODINGS:-raw zrle}
 here=$(pwd)
 
 insmod /lab/modules/xen-netback.ko || lab_fail "insmod xen-netback failed"
-mkdir -p /run/xenvt-proxy "$LAB_RUN/console-logs"
-cat >"$LAB_RUN/proxy.toml" <<CFG
-[viewer]
-listen = "127.0.0.1"
-security = "none"
-port_base = 5900
-[upstream]
-backend_socket = "/run/xenvt-proxy/desktop.sock"
-[console]
-log_dir = "$LAB_RUN/console-logs"
-[xenstore]
-enabled = true
-domains = true
-[web]
-listen = "127.0.0.1:6080"
-CFG
-cat >"$LAB_RUN/backend.toml" <<CFG
-run_dir = "/run/xenvt"
-[services.vnc]
-deliver = "/run/xenvt-proxy/desktop.sock"
-CFG
-
-flags=/local/domain/0/data/lab/dbench
-xenstore-rm "$flags" 2>/dev/null
-# daemon NAME CMD...: as in 'desktop': output in $LAB_RUN/NAME.log, step flags in xenstore.
-daemon() {
-    _n=$1
-    shift
-    "$@" 2>&1 </dev/null | while IFS= read -r _l; do
-        printf '%s\n' "$_l" >>"$LAB_RUN/$_n.log"
-        case "$_l" in
-        *"xenvt-proxy: ready"* | *"watching for agents"*) xenstore-write "$flags/$_n/ready" 1 ;;
-        *"desktop connected"*) xenstore-write "$flags/$_n/desktop" 1 ;;
-        *"agent attached"*) xenstore-write "$flags/$_n/attached" 1 ;;
-        esac
-    done &
-}
-flag() {
-    lab_wait_node "$flags/$1/$2" "$3" >/dev/null || {
-        tail -n 20 "$LAB_RUN/$1.log"
-        lab_fail "$1: no '$2' within $3 s"
-    }
-}
-
-export XENVT_LOG=info NO_COLOR=1
-daemon proxy xenvt-proxy --config "$LAB_RUN/proxy.toml"
-flag proxy ready 60
-daemon backend xenvt-backend --log info --config "$LAB_RUN/backend.toml"
-flag backend ready 60
+lab_xenvt_dom0 info
 
 id=$(LAB_DOMU_LAYERS=x11 LAB_DOMU_VIF="mac=00:16:3e:5a:00:02,script=$here/vif-lab" \
     lab_domu_create lab-dbench desktop-bench 512) || lab_fail "cannot create the domU"
 lab_domu_start lab-dbench
 lab_wait_node "/local/domain/$id/data/lab/desktop/up" 120 >/dev/null || lab_fail "the domU did not come up"
-flag backend attached 60
+lab_flag backend attached 60
 
 lab_job "$id" 1 "sh /lab/scenarios/desktop/start-x.sh $geometry -rfbport 5900 -interface 10.9.0.2"
 r=$(lab_job_ready "$id" 1 120) || lab_fail "the desktop did not start"
 [ "$r" = ready ] || lab_fail "the desktop did not start: $r $(lab_job_get "$id" 1 err)"
-flag proxy desktop 60
+lab_flag proxy desktop 60
 lab_job "$id" 2 "sh $here/animate.sh"
 [ "$(lab_job_ready "$id" 2 60)" = ready ] || lab_fail "the animation did not start: $(lab_job_get "$id" 2 err)"
 lab_wait_node "/local/domain/$id/data/vchan-state" 60 running >/dev/null ||
     lab_fail "vchan-socket-proxy's server did not start"
-# The proxy's view switch has no event: its status page is polled (bounded).
-i=0
-until wget -q -O - http://127.0.0.1:6080/domains.json 2>/dev/null | grep -q "\"domid\":$id,[^}]*\"view\":\"[^\"]*desktop"; do
-    i=$((i + 1))
-    [ "$i" -lt 300 ] || lab_fail "the proxy did not switch to the desktop"
-    usleep 100000
-done
+lab_wait_view "$id" desktop 30 || lab_fail "the proxy did not switch to the desktop"
 
 # cpu: dom0 + domU CPU seconds so far (xl list's Time(s)).
 cpu() { xl list | awk -v id="$id" '$2 == 0 || $2 == id { t += $6 } END { printf "%.1f", t }'; }

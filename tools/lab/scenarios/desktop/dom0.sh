@@ -17,62 +17,6 @@ lab_layer_ok x11 || lab_skip "the images have no X layer (the host has no Xtiger
 geometry=${LAB_DESKTOP_GEOMETRY:-1024x768}
 log=${LAB_XENVT_LOG:-info}
 
-mkdir -p /run/xenvt-proxy "$LAB_RUN/console-logs"
-cat >"$LAB_RUN/proxy.toml" <<CFG
-[viewer]
-listen = "127.0.0.1"
-security = "none"
-port_base = 5900
-[upstream]
-backend_socket = "/run/xenvt-proxy/desktop.sock"
-[console]
-log_dir = "$LAB_RUN/console-logs"
-[xenstore]
-enabled = true
-domains = true
-[web]
-listen = "127.0.0.1:6080"
-CFG
-cat >"$LAB_RUN/backend.toml" <<CFG
-run_dir = "/run/xenvt"
-[services.vnc]
-deliver = "/run/xenvt-proxy/desktop.sock"
-CFG
-
-# daemon NAME CMD...: runs a daemon with its output in $LAB_RUN/NAME.log; the lines
-# that mark a step set a xenstore flag under $flags/NAME/ (an event to wait on).
-flags=/local/domain/0/data/lab/desktop
-xenstore-rm "$flags" 2>/dev/null
-daemon() {
-    _n=$1
-    shift
-    "$@" 2>&1 </dev/null | while IFS= read -r _l; do
-        printf '%s\n' "$_l" >>"$LAB_RUN/$_n.log"
-        case "$_l" in
-        *"xenvt-proxy: ready"* | *"watching for agents"*) xenstore-write "$flags/$_n/ready" 1 ;;
-        *"console open"*) xenstore-write "$flags/$_n/console" 1 ;;
-        *"desktop connected"*) xenstore-write "$flags/$_n/desktop" 1 ;;
-        *"agent attached"*) xenstore-write "$flags/$_n/attached" 1 ;;
-        esac
-    done &
-}
-
-# flag NAME WHAT SECONDS: waits for a daemon's flag.
-flag() {
-    lab_wait_node "$flags/$1/$2" "$3" >/dev/null || {
-        dump
-        lab_fail "$1: no '$2' within $3 s"
-    }
-}
-
-# dump: the daemons' last lines (on a failure).
-dump() {
-    for _n in proxy backend; do
-        echo "---- $_n log"
-        tail -n 25 "$LAB_RUN/$_n.log"
-    done
-}
-
 # answer WHAT: the host side's answer to the last lab_host_say.
 answer() {
     lab_host_hear 180 || lab_fail "the host side did not answer after '$1'"
@@ -83,22 +27,18 @@ answer() {
 }
 
 t0=$(lab_now)
-export XENVT_LOG=$log NO_COLOR=1
-daemon proxy xenvt-proxy --config "$LAB_RUN/proxy.toml"
-flag proxy ready 60
-daemon backend xenvt-backend --log "$log" --config "$LAB_RUN/backend.toml"
-flag backend ready 60
+lab_xenvt_dom0 "$log"
 
 id=$(LAB_DOMU_LAYERS=x11 LAB_DOMU_ARGS=loglevel=6 lab_domu_create lab-desktop desktop 512) ||
     lab_fail "cannot create the domU"
 # The domU is paused: the proxy opens its console before the kernel prints a line.
-flag proxy console 60
+lab_flag proxy console 60
 socat "TCP-LISTEN:$VIEWER,bind=10.0.2.15,fork,reuseaddr" "TCP:127.0.0.1:$((5900 + id))" \
     >/dev/null 2>"$LAB_RUN/relay.err" &
 xenstore-write "/local/domain/$id/data/lab/desktop/log" "$log"
 lab_domu_start lab-desktop
 lab_wait_node "/local/domain/$id/data/lab/desktop/up" 120 >/dev/null || lab_fail "the domU did not come up"
-flag backend attached 60
+lab_flag backend attached 60
 lab_log "domU $id up, its agent attached, in $(lab_since "$t0") s"
 
 # 1. The console view, captured by the host.
@@ -111,14 +51,8 @@ t1=$(lab_now)
 lab_job "$id" 1 "sh /lab/scenarios/desktop/start-x.sh $geometry"
 r=$(lab_job_ready "$id" 1 120) || lab_fail "the desktop did not start"
 [ "$r" = ready ] || lab_fail "the desktop did not start: $r $(lab_job_get "$id" 1 err)"
-flag proxy desktop 60
-# The proxy has no event for its view switch: its status page is polled (bounded).
-i=0
-until wget -q -O - http://127.0.0.1:6080/domains.json 2>/dev/null | grep -q "\"domid\":$id,[^}]*\"view\":\"[^\"]*desktop"; do
-    i=$((i + 1))
-    [ "$i" -lt 300 ] || lab_fail "the proxy did not switch to the desktop: $(wget -q -O - http://127.0.0.1:6080/domains.json)"
-    usleep 100000
-done
+lab_flag proxy desktop 60
+lab_wait_view "$id" desktop 30 || lab_fail "the proxy did not switch to the desktop"
 lab_log "desktop on the proxy $(lab_since "$t1") s after Xvnc was asked to start"
 lab_host_listen $CONTROL
 lab_host_say desktop "$geometry"
