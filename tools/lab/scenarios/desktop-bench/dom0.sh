@@ -36,22 +36,32 @@ r=$(lab_job_ready "$id" 1 120) || lab_fail "the desktop did not start"
 lab_flag proxy desktop 60
 lab_job "$id" 2 "sh $here/animate.sh"
 [ "$(lab_job_ready "$id" 2 60)" = ready ] || lab_fail "the animation did not start: $(lab_job_get "$id" 2 err)"
-lab_wait_node "/local/domain/$id/data/vchan-state" 60 running >/dev/null ||
-    lab_fail "vchan-socket-proxy's server did not start"
 lab_wait_view "$id" desktop 30 || lab_fail "the proxy did not switch to the desktop"
 
 # cpu: dom0 + domU CPU seconds so far (xl list's Time(s)).
 cpu() { xl list | awk -v id="$id" '$2 == 0 || $2 == id { t += $6 } END { printf "%.1f", t }'; }
 
-# vchan_client: a fresh vchan-socket-proxy client for each run (it serves one connection).
+# vchan_pair / vchan_unpair: a fresh vchan-socket-proxy pair for each measurement, its
+# server (a job) in the domU on Xvnc's unix socket, its client in dom0: a pair that
+# was cut mid-frame hands the next session the rest of the old stream.
+job=3
 vsp=
-vchan_client() {
-    [ -z "$vsp" ] || { kill "$vsp" 2>/dev/null; wait "$vsp" 2>/dev/null; }
+vchan_pair() {
+    lab_job "$id" $job "exec vchan-socket-proxy -m server -s data/vchan-state-$job 0 data/vchan/bench-$job /run/xvnc.sock"
+    lab_wait_node "/local/domain/$id/data/vchan-state-$job" 60 running >/dev/null ||
+        lab_fail "vchan-socket-proxy's server did not start: $(lab_job_get "$id" $job err)"
     rm -f /run/vchan.sock
-    vchan-socket-proxy -m client "$id" "/local/domain/$id/data/vchan/bench" /run/vchan.sock \
+    vchan-socket-proxy -m client "$id" "/local/domain/$id/data/vchan/bench-$job" /run/vchan.sock \
         >/dev/null 2>>"$LAB_RUN/vsp-client.err" &
     vsp=$!
     lab_wait_socket /run/vchan.sock || lab_fail "vchan-socket-proxy's client did not listen"
+}
+vchan_unpair() {
+    kill "$vsp" 2>/dev/null
+    wait "$vsp" 2>/dev/null
+    lab_job_kill "$id" $job
+    lab_job_rc "$id" $job 60 >/dev/null || lab_fail "vchan-socket-proxy's server did not stop"
+    job=$((job + 1))
 }
 
 # meter PATH ENC: one measurement; sets FPS_<path>_<enc> and CPF_<path>_<enc> (ms per frame).
@@ -59,12 +69,13 @@ meter() {
     case $1 in
     xenvt) where=tcp:127.0.0.1:$((5900 + id)) ;;
     vif) where=tcp:10.9.0.2:5900 ;;
-    vchan) vchan_client; where=unix:/run/vchan.sock ;;
+    vchan) vchan_pair; where=unix:/run/vchan.sock ;;
     esac
     c0=$(cpu)
     out=$(xenvt bench fps --connect "$where" --encoding "$2" --secs "$secs" --timeout 120 2>"$LAB_RUN/fps-$1-$2.err")
     rc=$?
     c1=$(cpu)
+    [ "$1" != vchan ] || vchan_unpair
     if [ "$rc" != 0 ]; then
         lab_log "$1 $2: the meter failed: $(tail -n 1 "$LAB_RUN/fps-$1-$2.err")"
         eval "FPS_$1_$2=0 CPF_$1_$2=0"
@@ -98,7 +109,6 @@ for enc in $encodings; do
         meter $path "$enc"
     done
 done
-[ -z "$vsp" ] || kill "$vsp" 2>/dev/null
 for enc in $encodings; do
     # shellcheck disable=SC2154 # fx..cc are set by these evals
     eval "fx=\$FPS_xenvt_$enc fv=\$FPS_vif_$enc fc=\$FPS_vchan_$enc"
@@ -115,7 +125,7 @@ for enc in $encodings; do
         ratio "cpu_per_frame_xenvt_vs_vchan_$enc" "$cx" "$cc"
     fi
 done
-lab_job "$id" 3 exit
+lab_job "$id" $job exit
 lab_domu_wait "$id" 60 || lab_fail "the domU side failed (status $?)"
 if [ "$missed" -gt 0 ] && [ "${LAB_BENCH_STRICT:-0}" = 1 ]; then
     lab_fail "$missed goal(s) missed"
