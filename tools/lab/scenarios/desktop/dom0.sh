@@ -5,7 +5,8 @@
 # back cell by cell), then dom0 starts Xvnc, which reverse-connects through the
 # agent (vncconfig -connect); the host captures the desktop and checks its pixels.
 # Settings: LAB_DESKTOP_GEOMETRY (default 1024x768), LAB_XENVT_LOG (the daemons' log
-# filter, default info).
+# filter, default info), LAB_DESKTOP_SCROLL (lines the domU prints before the console is
+# captured, to make the host look through the scrollback; default 0).
 
 CONTROL=5999
 VIEWER=5900
@@ -36,6 +37,7 @@ lab_flag proxy console 60
 socat "TCP-LISTEN:$VIEWER,bind=10.0.2.15,fork,reuseaddr" "TCP:127.0.0.1:$((5900 + id))" \
     >/dev/null 2>"$LAB_RUN/relay.err" &
 xenstore-write "/local/domain/$id/data/lab/desktop/log" "$log"
+xenstore-write "/local/domain/$id/data/lab/desktop/scroll" "${LAB_DESKTOP_SCROLL:-0}"
 lab_domu_start lab-desktop
 lab_wait_node "/local/domain/$id/data/lab/desktop/up" 120 >/dev/null || lab_fail "the domU did not come up"
 lab_flag backend attached 60

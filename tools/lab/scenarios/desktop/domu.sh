@@ -8,6 +8,13 @@ service = "vnc"
 CFG
 # Quiet on the console: the host reads the kernel's messages there.
 xenvt-agent --log "$log" --config /run/agent.toml >/run/agent.log 2>&1 </dev/null &
+# LAB_DESKTOP_SCROLL: lines that push the kernel's messages into the scrollback.
+n=$(xenstore-read data/lab/desktop/scroll 2>/dev/null) || n=0
+i=0
+while [ "$i" -lt "$n" ]; do
+    i=$((i + 1))
+    echo "lab: filler line $i of $n"
+done
 xenstore-write data/lab/desktop/up 1
 lab_domu_jobs
 rc=$?
