@@ -35,7 +35,7 @@ size=$("$py" -c 'import sys; from PIL import Image; print("%dx%d" % Image.open(s
 shot=console
 back=0
 until "$LAB_XENVT" screen text "$LAB_OUT/$shot.ppm" "${marks[@]}" >"$LAB_OUT/$shot.txt"; do
-    [ "$back" -lt 3 ] || host_fail "no kernel boot message on the console view or 3 pages back (see console*.txt)"
+    [ "$back" -lt 6 ] || host_fail "no kernel boot message on the console view or 6 pages back (see console*.txt)"
     back=$((back + 1))
     shot=console-back$back
     # The domain's console keeps its scroll position: one more page back, then the capture.
