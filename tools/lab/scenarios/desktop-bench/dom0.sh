@@ -9,7 +9,8 @@
 # Goals: xenvt >= the vif's Raw fps at no more CPU per frame; >= 10x vchan-socket-proxy's
 # Raw fps. Misses are logged, not failed, unless LAB_BENCH_STRICT=1.
 # Settings: LAB_DBENCH_SECS (seconds per measurement, default 10), LAB_DBENCH_GEOMETRY
-# (default 1024x768), LAB_DBENCH_ENCODINGS (default "raw zrle"), LAB_BENCH_STRICT.
+# (default 1024x768), LAB_DBENCH_ENCODINGS (default "raw zrle"), LAB_DBENCH_ANIMATE (X
+# clients that animate the desktop: "ico", "xterm" or both; default "ico"), LAB_BENCH_STRICT.
 
 for p in xenvt xenvt-backend xenvt-proxy; do
     command -v $p >/dev/null || lab_skip "$p is not in the images"
@@ -19,6 +20,7 @@ lab_layer_ok x11 || lab_skip "the images have no X layer (the host has no Xtiger
 secs=${LAB_DBENCH_SECS:-10}
 geometry=${LAB_DBENCH_GEOMETRY:-1024x768}
 encodings=${LAB_DBENCH_ENCODINGS:-raw zrle}
+animate=${LAB_DBENCH_ANIMATE:-ico}
 here=$(pwd)
 
 insmod /lab/modules/xen-netback.ko || lab_fail "insmod xen-netback failed"
@@ -34,7 +36,7 @@ lab_job "$id" 1 "sh /lab/scenarios/desktop/start-x.sh $geometry -rfbport 5900 -i
 r=$(lab_job_ready "$id" 1 120) || lab_fail "the desktop did not start"
 [ "$r" = ready ] || lab_fail "the desktop did not start: $r $(lab_job_get "$id" 1 err)"
 lab_flag proxy desktop 60
-lab_job "$id" 2 "sh $here/animate.sh"
+lab_job "$id" 2 "sh $here/animate.sh $animate"
 [ "$(lab_job_ready "$id" 2 60)" = ready ] || lab_fail "the animation did not start: $(lab_job_get "$id" 2 err)"
 lab_wait_view "$id" desktop 30 || lab_fail "the proxy did not switch to the desktop"
 
@@ -103,7 +105,7 @@ ratio() {
     lab_log "ratio $1 $v (goal $4: $ok)"
 }
 
-lab_log "desktop $geometry, $secs s per measurement; paths: xenvt, vif, vchan-socket-proxy"
+lab_log "desktop $geometry animated by $animate, $secs s per measurement; paths: xenvt, vif, vchan-socket-proxy"
 for enc in $encodings; do
     for path in xenvt vif vchan; do
         meter $path "$enc"
