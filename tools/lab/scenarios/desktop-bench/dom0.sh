@@ -4,7 +4,7 @@
 # (netfront/netback on a routed link; the meter connects to Xvnc's TCP port), and
 # Xen's vchan-socket-proxy (its server in the domU on Xvnc's unix socket, its client
 # in dom0). The meter is 'xenvt bench fps' in dom0, which asks for the next update as
-# soon as one ends; an X client animates the desktop (ico and a scrolling xterm). CPU
+# soon as one ends; X clients animate the desktop (ico; LAB_DBENCH_ANIMATE). CPU
 # is dom0 + domU seconds from 'xl list' per frame. Prints '[lab] ratio NAME VALUE'.
 # Goals: xenvt >= the vif's Raw fps at no more CPU per frame; >= 10x vchan-socket-proxy's
 # Raw fps. Misses are logged, not failed, unless LAB_BENCH_STRICT=1.
