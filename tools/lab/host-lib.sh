@@ -3,7 +3,9 @@
 # host while QEMU runs; its exit status counts in the scenario's verdict).
 #
 # lab.sh gives it: LAB_OUT (the run's directory: keep screenshots there), LAB_SERIAL
-# (the serial log), LAB_SCENARIO, LAB_XENVT (the host's xenvt, may be empty),
+# (the serial log), LAB_SCENARIO, LAB_RUN_TIMEOUT (seconds the whole run may take: the
+# first wait should allow that, since other scenarios may run first), LAB_XENVT (the
+# host's xenvt, may be empty),
 # LAB_VNCDO (vncdotool, may be empty) and LAB_PORT_<dom0 port>=<host port> for
 # each port in the scenario's 'ports' file (bound to 127.0.0.1).
 #

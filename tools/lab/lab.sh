@@ -419,6 +419,8 @@ start_hosts() {
         (
             cd "$LAB_DIR/scenarios/$s"
             export LAB_OUT=$out LAB_SERIAL=$log LAB_SCENARIO=$s LAB_LIB=$LAB_DIR/host-lib.sh
+            # How long the whole run may take: the scenario may come late in it.
+            export LAB_RUN_TIMEOUT=${XENVT_LAB_TIMEOUT:-$total}
             export LAB_XENVT="" LAB_VNCDO=""
             [ -x "$bindir/xenvt" ] && LAB_XENVT=$bindir/xenvt
             [ -x "$vncdo" ] && LAB_VNCDO=$vncdo

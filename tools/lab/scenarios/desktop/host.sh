@@ -27,7 +27,7 @@ PY
 # 1. The console view: the console's size, and the kernel's boot messages on it. The
 # kernel's first lines scroll off the 25 rows when a loaded host makes it warn more,
 # so the proxy's scrollback (shift-PgUp) is looked at too, a page at a time.
-host_wait console 200
+host_wait console "${LAB_RUN_TIMEOUT:-600}"
 marks=(--expect "Linux version" --expect "Kernel command line:")
 capture console || host_fail "cannot capture the console view"
 size=$("$py" -c 'import sys; from PIL import Image; print("%dx%d" % Image.open(sys.argv[1]).size)' "$LAB_OUT/console.png")
