@@ -20,6 +20,44 @@ LAB_MODULES=(drivers/xen/xen-evtchn.ko drivers/xen/xen-gntdev.ko drivers/xen/xen
     drivers/net/xen-netback/xen-netback.ko drivers/net/xen-netfront.ko
     drivers/net/ethernet/intel/e1000/e1000.ko)
 
+# The X layer: a real TigerVNC desktop for the domUs of the scenarios that ask for
+# it (a file 'layers' naming x11 in their directory), copied from the host's
+# installed packages (tools/scripts/setup.sh installs them). It is a cpio of its own,
+# appended only to those domUs, so the others stay small.
+X_PKGS=(tigervnc-standalone-server tigervnc-common x11-xkb-utils x11-xserver-utils x11-utils xterm x11-apps xkb-data)
+X_PROGS=(Xtigervnc xkbcomp vncconfig xsetroot xterm ico xwininfo)
+
+# x_layer_versions: what the X layer is made of, for the cache key (empty when
+# the host has no Xtigervnc, in which case no X layer is built).
+x_layer_versions() {
+    command -v Xtigervnc >/dev/null || return 0
+    dpkg-query -W "${X_PKGS[@]}" 2>/dev/null || true
+}
+
+# build_x_layer OUT: the X layer's cpio from the host's files.
+build_x_layer() {
+    local out=$1 img p files=() d
+    img=$(mktemp -d "$out.work.XXXXXX")
+    mkdir -p "$img/usr/bin" "$img/usr/share/X11/locale" "$img/var/lib/xkb" "$img/tmp/.X11-unix"
+    for p in "${X_PROGS[@]}"; do
+        local f
+        f=$(command -v "$p") || die "the X layer needs $p (run tools/scripts/setup.sh)"
+        cp -L "$f" "$img/usr/bin/$p"
+        files+=("$img/usr/bin/$p")
+    done
+    ln -s Xtigervnc "$img/usr/bin/Xvnc"
+    install_libs "$img" / "${files[@]}"
+    cp -r /usr/share/X11/xkb "$img/usr/share/X11/xkb"
+    # Only the C locale: xterm and the X clients need the locale tables to start.
+    for d in C en_US.UTF-8 locale.alias locale.dir compose.dir; do
+        [ -e "/usr/share/X11/locale/$d" ] && cp -r "/usr/share/X11/locale/$d" "$img/usr/share/X11/locale/"
+    done
+    [ -f /usr/share/X11/XErrorDB ] && cp /usr/share/X11/XErrorDB "$img/usr/share/X11/"
+    chmod 1777 "$img/tmp/.X11-unix"
+    make_cpio "$img" "$out"
+    rm -rf "$img"
+}
+
 # lab_packages: the Debian packages the images are built from (the kernel
 # package is resolved from linux-image-amd64 unless XENVT_LAB_KERNEL_PKG names one).
 lab_packages() {
@@ -128,7 +166,8 @@ extract_vmlinux() {
 }
 
 # build_images DEBDIR OUTDIR: unpacks the packages and writes xen, vmlinux,
-# dom0-base.cpio and domu-base.cpio into OUTDIR.
+# dom0-base.cpio and domu-base.cpio into OUTDIR, and domu-x11.cpio (the X layer)
+# when the host has the X packages.
 build_images() {
     local debs=$1 out=$2 work deb
     work=$(mktemp -d "$out.work.XXXXXX")
@@ -160,8 +199,15 @@ build_images() {
     cp "$work/domu-base.cpio" "$dom0/lab/domu/base.cpio"
     make_cpio "$dom0" "$work/dom0-base.cpio"
 
+    local made=("$work/xen" "$work/vmlinux" "$work/dom0-base.cpio" "$work/domu-base.cpio")
+    if [ -n "$(x_layer_versions)" ]; then
+        build_x_layer "$work/domu-x11.cpio"
+        made+=("$work/domu-x11.cpio")
+    else
+        note "no Xtigervnc on this host: no X layer (scenarios that need it skip)"
+    fi
     rm -rf "$out"
     mkdir -p "$out"
-    mv "$work/xen" "$work/vmlinux" "$work/dom0-base.cpio" "$work/domu-base.cpio" "$out/"
+    mv "${made[@]}" "$out/"
     rm -rf "$work"
 }

@@ -34,6 +34,9 @@ usage: lab.sh COMMAND [ARGS]
   shell [--no-build] [--set LAB_NAME=VALUE]...
                         boot dom0 with a shell on the serial console (stdio)
   list                  list the scenarios
+
+A scenario may have a host side: host.sh in its directory, started on the host
+when QEMU starts (see docs/testing.md, "A scenario's host side").
   clean                 remove the cache
 
 environment:
@@ -112,7 +115,7 @@ cmd_setup() {
     need_host_tools
     local names key
     names=$(download_debs "$CACHE/debs")
-    key=$({ echo "$names" "${XENVT_LAB_DOMU_GZ:-0}"; cat "$LAB_DIR/images.sh"; } | sha256sum | cut -d' ' -f1)
+    key=$({ echo "$names" "${XENVT_LAB_DOMU_GZ:-0}"; x_layer_versions; cat "$LAB_DIR/images.sh"; } | sha256sum | cut -d' ' -f1)
     if [ -f "$IMAGES/key" ] && [ "$(cat "$IMAGES/key")" = "$key" ]; then
         flock -u 9
         return 0
@@ -219,14 +222,79 @@ scenario_timeout() {
     if [ -f "$f" ]; then tr -dc 0-9 <"$f"; else echo 180; fi
 }
 
+# scenario_layers NAME: the image layers the scenario's domUs need (file 'layers').
+scenario_layers() {
+    local f="$LAB_DIR/scenarios/$1/layers"
+    [ -f "$f" ] && tr -c 'a-z0-9\n' ' ' <"$f"
+    return 0
+}
+
+# scenario_ports NAME: the dom0 TCP ports the scenario's host side reaches (file 'ports').
+scenario_ports() {
+    local f="$LAB_DIR/scenarios/$1/ports"
+    [ -f "$f" ] && tr -c '0-9\n' ' ' <"$f"
+    return 0
+}
+
+# Guest (dom0) TCP ports forwarded from the host, for the scenarios' host sides.
+LAB_PORTS=()
+
+# collect_ports SCENARIO...: fills LAB_PORTS.
+collect_ports() {
+    local s p
+    for s in "$@"; do
+        for p in $(scenario_ports "$s"); do
+            if [ "$p" -lt 1 ] || [ "$p" -gt 65535 ]; then die "scenario $s: bad port '$p'"; fi
+            printf '%s\n' "${LAB_PORTS[@]}" | grep -qx "$p" || LAB_PORTS+=("$p")
+        done
+    done
+}
+
 # qemu_args RUNDIR: sets QEMU_ARGS, all but the serial port.
 qemu_args() {
     local run=$1
     QEMU_ARGS=(-accel "tcg,thread=multi" -cpu qemu64 -m 2048 -smp "${XENVT_LAB_SMP:-2}"
-        -display none -monitor none -no-reboot -nodefaults
+        -display none -no-reboot -nodefaults
         -kernel "$IMAGES/xen"
         -append "console=com1 com1=115200,8n1 dom0_mem=768M,max:768M dom0_max_vcpus=1 loglvl=all guest_loglvl=all noreboot ${XENVT_LAB_XEN_ARGS:-}"
         -initrd "$IMAGES/vmlinux console=hvc0 earlyprintk=xen loglevel=5 ${XENVT_LAB_DOM0_ARGS:-},$run/dom0.cpio")
+    if [ ${#LAB_PORTS[@]} -eq 0 ]; then
+        QEMU_ARGS+=(-monitor none)
+        return
+    fi
+    # An emulated NIC with user networking: nothing leaves QEMU but the forwarded
+    # ports, each bound to a free port on the host's loopback (port 0), which
+    # host_ports reads back through the monitor.
+    local nic="user,model=e1000,restrict=on" p
+    for p in "${LAB_PORTS[@]}"; do nic+=",hostfwd=tcp:127.0.0.1:0-:$p"; done
+    QEMU_ARGS+=(-nic "$nic" -monitor "unix:$run/monitor.sock,server=on,wait=off")
+}
+
+# host_ports RUNDIR: prints GUEST_PORT=HOST_PORT for each forwarded port, from
+# QEMU's 'info usernet' (QEMU reports the port it bound for a host port of 0).
+host_ports() {
+    local sock=$1/monitor.sock i=0
+    until [ -S "$sock" ]; do
+        i=$((i + 1))
+        [ "$i" -lt 200 ] || die "QEMU's monitor did not appear"
+        sleep 0.05
+    done
+    python3 - "$sock" <<'PY'
+import re, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+s.sendall(b"info usernet\n")
+buf = b""
+# The monitor answers, then prints its prompt again.
+while buf.count(b"(qemu)") < 2:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    buf += chunk
+for m in re.finditer(rb"HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+\S+\s+(\d+)", buf):
+    print(f"{int(m.group(2))}={int(m.group(1))}")
+PY
 }
 
 # Settings passed to the scenarios (--set NAME=VALUE).
@@ -250,10 +318,23 @@ prepare() {
     stage_overlay "$run/ov-dom0" "$debdir" "${DOM0_PROGS[@]}"
     mkdir -p "$run/ov-dom0/lab/domu"
     cp "$run/domu-overlay.cpio" "$run/ov-dom0/lab/domu/overlay.cpio"
+    # Image layers the scenarios ask for (a file 'layers' in their directory):
+    # dom0 carries them only when asked, so the other runs stay small.
+    local s l
+    for s in "$@"; do
+        for l in $(scenario_layers "$s"); do
+            [ -f "$run/ov-dom0/lab/domu/$l.cpio" ] && continue
+            if [ -f "$IMAGES/domu-$l.cpio" ]; then
+                cp "$IMAGES/domu-$l.cpio" "$run/ov-dom0/lab/domu/$l.cpio"
+            else
+                note "WARNING: no $l layer in the images; scenario $s will skip"
+            fi
+        done
+    done
     {
         echo "LAB_MODE=$mode"
+        [ ${#LAB_PORTS[@]} -eq 0 ] || echo "export LAB_NET=1"
         echo "LAB_SCENARIOS='$*'"
-        local s
         for s in "$@"; do echo "LAB_TIMEOUT_$(echo "$s" | tr -c 'A-Za-z0-9\n' _)=$(scenario_timeout "$s")"; done
         for s in "${LAB_SETS[@]}"; do echo "export ${s%%=*}='${s#*=}'"; done
     } >"$run/ov-dom0/lab/run.conf"
@@ -313,6 +394,7 @@ cmd_run() {
         [ -f "$LAB_DIR/scenarios/$s/dom0.sh" ] || die "no scenario '$s' (lab.sh list)"
         total=$((total + $(scenario_timeout "$s")))
     done
+    collect_ports "$@"
     cmd_setup
     if [ -z "$out" ]; then
         prune_runs
@@ -332,6 +414,8 @@ cmd_run() {
     timeout -k 5 "${XENVT_LAB_TIMEOUT:-$total}" qemu-system-x86_64 "${QEMU_ARGS[@]}" \
         -chardev "file,id=ser0,path=$log" -serial chardev:ser0 </dev/null &
     local qpid=$!
+    local hosts=()
+    start_hosts "$out" "$log" "$@"
     # A panicked dom0 or hypervisor never powers off: stop QEMU at once.
     # (grep reads a process substitution so that it need not wait for tail to end.)
     (grep -m 1 -E 'Kernel panic - not syncing|Panic on CPU [0-9]+' \
@@ -347,10 +431,67 @@ cmd_run() {
     kill "$watch" 2>/dev/null || true
     wait "$watch" 2>/dev/null || true
     [ -s "$out/panic" ] && note "stopped QEMU after a panic: $(tr -d '\r' <"$out/panic")"
+    end_hosts "$out"
     t1=$(now_ms)
     rm -f "$out/dom0.cpio"
     [ "$rc" = 124 ] && note "QEMU timed out"
     report "$out" "$allow_skip" "$(ms_to_s $((t1 - t0)))" "$@"
+}
+
+# start_hosts OUT LOG SCENARIO...: starts each scenario's host.sh in the
+# background (its pid in hosts[], its output in OUT/host-NAME.log). It gets
+# LAB_OUT, LAB_SERIAL (the serial log to wait on), LAB_SCENARIO, LAB_XENVT (the
+# host's xenvt, if built), LAB_VNCDO (vncdotool, if set up) and LAB_PORT_<dom0
+# port>=<host port> for each forwarded port.
+start_hosts() {
+    local out=$1 log=$2 s fw="" bindir vncdo
+    shift 2
+    if [ ${#LAB_PORTS[@]} -gt 0 ]; then
+        fw=$(host_ports "$out") || { kill "$qpid" 2>/dev/null; die "cannot read the forwarded ports"; }
+    fi
+    bindir="${CARGO_TARGET_DIR:-$REPO/target}/release"
+    [ -z "${XENVT_LAB_XENVT:-}" ] || bindir=$(dirname "$XENVT_LAB_XENVT")
+    vncdo="${CARGO_TARGET_DIR:-$REPO/target}/vncdo-venv/bin/vncdo"
+    for s in "$@"; do
+        [ -f "$LAB_DIR/scenarios/$s/host.sh" ] || continue
+        (
+            cd "$LAB_DIR/scenarios/$s"
+            export LAB_OUT=$out LAB_SERIAL=$log LAB_SCENARIO=$s LAB_LIB=$LAB_DIR/host-lib.sh
+            # How long the whole run may take: the scenario may come late in it.
+            export LAB_RUN_TIMEOUT=${XENVT_LAB_TIMEOUT:-$total}
+            export LAB_XENVT="" LAB_VNCDO=""
+            [ -x "$bindir/xenvt" ] && LAB_XENVT=$bindir/xenvt
+            [ -x "$vncdo" ] && LAB_VNCDO=$vncdo
+            local kv
+            for kv in $fw; do export "LAB_PORT_${kv%%=*}=${kv#*=}"; done
+            exec setsid bash ./host.sh
+        ) >"$out/host-$s.log" 2>&1 </dev/null &
+        hosts+=("$s:$!")
+    done
+}
+
+# end_hosts OUT: waits (at most 30 s) for the host sides, then kills what is
+# left; each one's exit status goes to OUT/host-NAME.rc (124: killed).
+end_hosts() {
+    local out=$1 h s pid rc i
+    for h in "${hosts[@]}"; do
+        s=${h%%:*} pid=${h#*:}
+        i=0
+        while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 300 ]; do
+            sleep 0.1
+            i=$((i + 1))
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null
+            wait "$pid" 2>/dev/null
+            rc=124
+        else
+            rc=0
+            wait "$pid" || rc=$?
+        fi
+        echo "$rc" >"$out/host-$s.rc"
+        sed "s/^/[host $s] /" "$out/host-$s.log" >&2
+    done
 }
 
 # report OUT ALLOW_SKIP SECONDS SCENARIO...: judges the serial log.
@@ -366,7 +507,13 @@ report() {
     # includes never reported, e.g. after a panic or a timeout).
     local s ok=1 pass=0 fail=0 skip=0
     for s in "$@"; do
-        if grep -qxF "XENVT-LAB PASS $s" "$clean"; then
+        local hrc=0
+        [ -f "$out/host-$s.rc" ] && hrc=$(cat "$out/host-$s.rc")
+        if [ "$hrc" != 0 ] && ! grep -q "^XENVT-LAB SKIP $s\(:\|$\)" "$clean"; then
+            fail=$((fail + 1))
+            ok=0
+            note "scenario $s: its host side failed (exit $hrc; $out/host-$s.log)"
+        elif grep -qxF "XENVT-LAB PASS $s" "$clean"; then
             pass=$((pass + 1))
         elif grep -q "^XENVT-LAB SKIP $s\(:\|$\)" "$clean"; then
             skip=$((skip + 1))

@@ -95,7 +95,7 @@ realxen() {
   # The images install the packages the packages tier built (else the lab builds its own).
   if [ "$packaged" = 1 ]; then export XENVT_LAB_DEBS="$PWD/target/debian"; fi
   # shellcheck disable=SC2086 # the list is words on purpose
-  bash tools/lab/lab.sh run ${XENVT_LAB_SCENARIOS:-boot chan vchan-ref liveness interop xen-bench tunnel}
+  bash tools/lab/lab.sh run ${XENVT_LAB_SCENARIOS:-boot chan vchan-ref liveness interop xen-bench tunnel desktop}
 }
 tier "real Xen" realxen
 

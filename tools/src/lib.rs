@@ -5,6 +5,7 @@ pub mod chan;
 pub mod demo;
 pub mod harness;
 pub mod pattern;
+pub mod screen;
 pub mod sim;
 pub mod smoke;
 pub mod soak;

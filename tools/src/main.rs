@@ -40,11 +40,22 @@ enum Cmd {
     /// The whole chain under churn and kill -9 faults, with checked transfers
     /// throughout; prints a table and fails on any mismatch or leak.
     Soak(xenvt::soak::SoakArgs),
+    /// Reads screenshots of the proxy's views (for the lab's host side).
+    Screen {
+        #[command(subcommand)]
+        cmd: ScreenCmd,
+    },
     /// Benchmarks; each prints `ratio NAME VALUE` lines.
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum ScreenCmd {
+    /// Prints the text of a console-view screenshot (PPM), cell by cell.
+    Text(xenvt::screen::TextArgs),
 }
 
 #[derive(Subcommand)]
@@ -99,6 +110,9 @@ enum BenchCmd {
     Relay(xenvt::bench::tunnel::relay::RelayArgs),
     /// A viewer straight on Xvnc against the same viewer through xenvt-proxy.
     Proxy(xenvt::bench::proxy::ProxyArgs),
+    /// A frame meter: one RFB viewer that asks for the next update as soon as one
+    /// ends, for a while; prints a JSON line (frames, bytes, seconds, fps).
+    Fps(xenvt::bench::fps::FpsArgs),
     /// A process end of a benchmark (internal).
     #[command(hide = true)]
     Peer(xenvt::bench::peer::PeerArgs),
@@ -141,9 +155,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Demo(a) => xenvt::demo::run(a).await,
         Cmd::Status(a) => xenvt::status::run(a).await,
         Cmd::Soak(a) => xenvt::soak::run(a).await,
+        Cmd::Screen {
+            cmd: ScreenCmd::Text(a),
+        } => xenvt::screen::run_text(a),
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
             BenchCmd::Proxy(a) => xenvt::bench::proxy::run(a).await,
+            BenchCmd::Fps(a) => xenvt::bench::fps::run(a).await,
             BenchCmd::Peer(a) => xenvt::bench::peer::run(a).await,
             BenchCmd::Tunnel(a) => xenvt::bench::tunnel::run(a).await,
             BenchCmd::Relay(a) => xenvt::bench::tunnel::relay::run(a).await,

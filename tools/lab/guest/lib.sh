@@ -160,9 +160,11 @@ lab_domu_jobs() {
             }
             xenstore-write "$_j/finished" 1
         ) &
+        _jpid=$!
         _killed=
         lab_wait_until "$_j" 3600 _lab_job_step "$_j" "$LAB_RUN/job-$_n.pid"
-        wait
+        # This job only: the scenario may have daemons of its own in the background.
+        wait "$_jpid"
         xenstore-write "$_j/err" "$(tail -n 5 "$LAB_RUN/job-$_n.err" | tail -c 2000 | tr "\n" "|" | sed "s/|$//; s/|/ | /g")"
         xenstore-write "$_j/result" "$(grep '^{' "$LAB_RUN/job-$_n.out" | tail -n 1)"
         xenstore-write "$_j/rc" "$(cat "$LAB_RUN/job-$_n.rc")"
@@ -220,27 +222,43 @@ lab_wait_socket() {
 # lab_domu_create NAME [SCENARIO [MEMORY_MB]]: creates a PV domU, paused, that
 # runs SCENARIO's domu.sh (or a shell on its console if none); prints its domid.
 # Write what the guest needs under its data/ node, then lab_domu_start NAME.
+# LAB_DOMU_LAYERS: image layers to add (e.g. x11, see lab_layer_ok);
+# LAB_DOMU_ARGS: more kernel command line (e.g. loglevel=6; the last one wins);
+# LAB_DOMU_VIF: a vif spec (e.g. 'mac=...,script=/abs/path'; dom0 needs xen-netback).
 lab_domu_create() {
     _name=$1 _scen=${2-} _mem=${3:-256}
     _kernel=/lab/domu/vmlinux
     [ -f "$_kernel" ] || _kernel=/lab/domu/vmlinuz.gz
+    _ramdisk=$LAB_RUN/domu.cpio
+    if [ -n "${LAB_DOMU_LAYERS-}" ]; then
+        _ramdisk=$LAB_RUN/domu-$_name.cpio
+        cp "$LAB_RUN/domu.cpio" "$_ramdisk"
+        for _l in $LAB_DOMU_LAYERS; do
+            cat "/lab/domu/$_l.cpio" >>"$_ramdisk" || lab_fail "no $_l layer in dom0's image"
+        done
+    fi
     cat >"$LAB_RUN/$_name.cfg" <<EOF
 name = "$_name"
 type = "pv"
 kernel = "$_kernel"
-ramdisk = "$LAB_RUN/domu.cpio"
-extra = "console=hvc0 loglevel=5 lab.scenario=$_scen"
+ramdisk = "$_ramdisk"
+extra = "console=hvc0 loglevel=5 ${LAB_DOMU_ARGS-} lab.scenario=$_scen"
 memory = $_mem
 vcpus = 1
 on_poweroff = "destroy"
 on_crash = "preserve"
 EOF
+    [ -z "${LAB_DOMU_VIF-}" ] || echo "vif = [ '$LAB_DOMU_VIF' ]" >>"$LAB_RUN/$_name.cfg"
     xl create -p "$LAB_RUN/$_name.cfg" >"$LAB_RUN/$_name.create.log" 2>&1 || {
         cat "$LAB_RUN/$_name.create.log"
         lab_fail "xl create $_name failed"
     }
     xl domid "$_name"
 }
+
+# lab_layer_ok NAME: dom0's image carries the domU image layer NAME (lab.sh adds
+# it for the scenarios whose directory has a 'layers' file naming it).
+lab_layer_ok() { [ -f "/lab/domu/$1.cpio" ]; }
 
 # lab_domu_start NAME: unpauses a domU made by lab_domu_create.
 lab_domu_start() { xl unpause "$1" || lab_fail "xl unpause $1 failed"; }
@@ -281,6 +299,132 @@ lab_domu_logs() {
         xl list
         return 1
     fi
+}
+
+# ---------------------------------------------------------------- xenvt's daemons in dom0
+#
+# The desktop scenarios run xenvt-proxy and xenvt-backend in dom0. Their output goes
+# to $LAB_RUN/NAME.log, and the lines that mark a step set a xenstore flag under
+# $LAB_FLAGS/NAME/ (ready, console, desktop, attached): an event to wait on.
+
+LAB_FLAGS=/local/domain/0/data/lab/flags
+
+# lab_daemon NAME CMD...: runs a daemon in the background, flagging its steps.
+lab_daemon() {
+    local _n=$1
+    shift
+    "$@" 2>&1 </dev/null | while IFS= read -r _l; do
+        printf '%s\n' "$_l" >>"$LAB_RUN/$_n.log"
+        case "$_l" in
+        *"xenvt-proxy: ready"* | *"watching for agents"*) xenstore-write "$LAB_FLAGS/$_n/ready" 1 ;;
+        *"console open"*) xenstore-write "$LAB_FLAGS/$_n/console" 1 ;;
+        *"desktop connected"*) xenstore-write "$LAB_FLAGS/$_n/desktop" 1 ;;
+        *"agent attached"*) xenstore-write "$LAB_FLAGS/$_n/attached" 1 ;;
+        esac
+    done &
+}
+
+# lab_daemons_dump: the daemons' last lines (on a failure).
+lab_daemons_dump() {
+    for _n in proxy backend; do
+        [ -f "$LAB_RUN/$_n.log" ] || continue
+        echo "---- $_n log"
+        tail -n 25 "$LAB_RUN/$_n.log"
+    done
+}
+
+# lab_flag NAME WHAT SECONDS: waits for a daemon's flag; fails the scenario without it.
+lab_flag() {
+    lab_wait_node "$LAB_FLAGS/$1/$2" "$3" >/dev/null || {
+        lab_daemons_dump
+        lab_fail "$1: no '$2' within $3 s"
+    }
+}
+
+# lab_xenvt_dom0 LOG: starts xenvt-proxy (viewers on 127.0.0.1:5900+domid, the status
+# page on 127.0.0.1:6080, every domain in xenstore with its console) and
+# xenvt-backend (service vnc delivered to the proxy), with the log filter LOG.
+lab_xenvt_dom0() {
+    xenstore-rm "$LAB_FLAGS" 2>/dev/null
+    rm -f "$LAB_RUN/proxy.log" "$LAB_RUN/backend.log"
+    mkdir -p /run/xenvt-proxy "$LAB_RUN/console-logs"
+    cat >"$LAB_RUN/proxy.toml" <<CFG
+[viewer]
+listen = "127.0.0.1"
+security = "none"
+port_base = 5900
+[upstream]
+backend_socket = "/run/xenvt-proxy/desktop.sock"
+[console]
+log_dir = "$LAB_RUN/console-logs"
+[xenstore]
+enabled = true
+domains = true
+[web]
+listen = "127.0.0.1:6080"
+CFG
+    cat >"$LAB_RUN/backend.toml" <<CFG
+run_dir = "/run/xenvt"
+[services.vnc]
+deliver = "/run/xenvt-proxy/desktop.sock"
+CFG
+    XENVT_LOG=$1 NO_COLOR=1 lab_daemon proxy xenvt-proxy --config "$LAB_RUN/proxy.toml"
+    lab_flag proxy ready 60
+    NO_COLOR=1 lab_daemon backend xenvt-backend --log "$1" --config "$LAB_RUN/backend.toml"
+    lab_flag backend ready 60
+}
+
+# lab_wait_view DOMID VIEW SECONDS: the proxy shows VIEW (console, desktop) for the
+# domain. The proxy has no event for its view switch: its status page is polled.
+lab_wait_view() {
+    local _end=$(($(date +%s) + $3))
+    until wget -q -O - http://127.0.0.1:6080/domains.json 2>/dev/null |
+        grep -q "\"domid\":$1,[^}]*\"view\":\"[^\"]*$2"; do
+        [ "$(date +%s)" -lt "$_end" ] || {
+            lab_log "the proxy shows: $(wget -q -O - http://127.0.0.1:6080/domains.json 2>&1)"
+            return 1
+        }
+        usleep 100000
+    done
+}
+
+# ---------------------------------------------------------------- the host side
+#
+# A scenario with a host.sh (run on the host by lab.sh, see host-lib.sh) and a
+# 'ports' file (dom0 TCP ports forwarded from the host's loopback) talks to it:
+# dom0 prints "XENVT-LAB HOST <scenario> WORD ARGS" on the serial console, which
+# the host side waits for; the host side answers with one line on a forwarded
+# port, which dom0 listens on before it speaks.
+
+# lab_net_up: dom0's emulated NIC (QEMU user networking), at QEMU's usual address.
+lab_net_up() {
+    insmod /lab/modules/e1000.ko || { lab_log "insmod e1000 failed"; return 1; }
+    ip link set lo up
+    if ! ip link set eth0 up || ! ip addr add 10.0.2.15/24 dev eth0; then
+        lab_log "eth0 did not come up"
+        return 1
+    fi
+}
+
+# lab_host_listen PORT: starts listening for the host side's next line on PORT.
+lab_host_listen() {
+    rm -f "$LAB_RUN/host-$1.fifo"
+    mkfifo "$LAB_RUN/host-$1.fifo"
+    socat -u "TCP-LISTEN:$1,bind=10.0.2.15,reuseaddr" STDOUT >"$LAB_RUN/host-$1.fifo" 2>"$LAB_RUN/host-$1.err" &
+    exec 6<"$LAB_RUN/host-$1.fifo"
+}
+
+# lab_host_say WORD [ARGS]: a line for the host side.
+lab_host_say() { echo "XENVT-LAB HOST $LAB_SCENARIO $*"; }
+
+# lab_host_hear TIMEOUT: the host side's line (after lab_host_listen) in $LAB_LINE.
+lab_host_hear() {
+    LAB_LINE=
+    # shellcheck disable=SC2034 # read by the caller
+    IFS= read -r -t "$1" LAB_LINE <&6
+    _rc=$?
+    exec 6<&-
+    return "$_rc"
 }
 
 # lab_run_scenario NAME TIMEOUT: runs one scenario's dom0.sh and prints its verdict.
@@ -334,6 +478,7 @@ lab_dom0_main() {
     hostname dom0
     . /lab/run.conf
     lab_dom0_up || { echo "XENVT-LAB FAIL setup: dom0 did not come up"; echo "XENVT-LAB DONE"; poweroff -f; }
+    if [ "${LAB_NET:-0}" = 1 ]; then lab_net_up; fi
     lab_log "dom0 up at $(lab_now) s since its kernel started"
     if [ "$LAB_MODE" = shell ]; then
         echo "lab: this is dom0. 'lab-run SCENARIO' runs a scenario; 'poweroff -f' stops the lab."

@@ -4,6 +4,7 @@
 //! beside it, so that a run on a different machine still says something: only the
 //! ratios are goals.
 
+pub mod fps;
 pub mod peer;
 pub mod proxy;
 pub mod ring;

@@ -60,7 +60,7 @@ pub struct ProxyArgs {
     proxy_bin: Option<PathBuf>,
 }
 
-fn encoding_of(name: &str) -> anyhow::Result<Vec<i32>> {
+pub(crate) fn encoding_of(name: &str) -> anyhow::Result<Vec<i32>> {
     Ok(match name {
         "zrle" => vec![encoding::ZRLE],
         "tight" => vec![encoding::TIGHT, encoding::TIGHT_QUALITY_0 + 8],
@@ -115,12 +115,13 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks / hz
 }
 
-struct Phase {
-    frames: u64,
-    bytes: u64,
+/// What one viewer measured.
+pub(crate) struct Phase {
+    pub(crate) frames: u64,
+    pub(crate) bytes: u64,
     /// Pixels of all counted rectangles: shows whether updates carry whole screens.
-    pixels: u64,
-    secs: f64,
+    pub(crate) pixels: u64,
+    pub(crate) secs: f64,
 }
 
 /// Viewing before a phase's count starts: the first frames after connecting carry the
@@ -128,7 +129,7 @@ struct Phase {
 const WARM_UP: Duration = Duration::from_millis(500);
 
 /// One viewer pulling updates as fast as they come for `secs`.
-async fn measure<S>(s: S, list: &[i32], secs: f64) -> anyhow::Result<Phase>
+pub(crate) async fn measure<S>(s: S, list: &[i32], secs: f64) -> anyhow::Result<Phase>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
