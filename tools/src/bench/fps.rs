@@ -75,6 +75,7 @@ mod tests {
         let r = report(&Phase {
             frames: 30,
             bytes: 3000,
+            pixels: 0,
             secs: 2.0,
         });
         let v: serde_json::Value = serde_json::from_str(&r).unwrap();
