@@ -774,6 +774,16 @@ async fn interactive(chain: &mut Chain, a: &DemoArgs, opts: &ProxyOptions) -> an
             println!("  (noVNC not found: pass --novnc-dir for the browser viewer)");
         }
     }
+    let logs = chain.logs();
+    if let Some(dir) = logs.parent() {
+        // The daemons' control sockets sit where their configs put them (beside the
+        // desktop socket and in the backend's run_dir).
+        println!(
+            "Status: xenvt status --backend {} --proxy {}",
+            dir.join("run/backend.ctl").display(),
+            dir.join("proxy.ctl").display()
+        );
+    }
     println!("Keys: ctrl-alt-F1 console, ctrl-alt-F7 desktop (the web page has buttons).");
     println!("Stop: ctrl-c.");
     println!();
