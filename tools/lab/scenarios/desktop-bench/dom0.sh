@@ -4,13 +4,13 @@
 # (netfront/netback on a routed link; the meter connects to Xvnc's TCP port), and
 # Xen's vchan-socket-proxy (its server in the domU on Xvnc's unix socket, its client
 # in dom0). The meter is 'xenvt bench fps' in dom0, which asks for the next update as
-# soon as one ends; X clients animate the desktop (ico; LAB_DBENCH_ANIMATE). CPU
+# soon as one ends; X clients animate the desktop (a screen-sized xterm flipping video; LAB_DBENCH_ANIMATE). CPU
 # is dom0 + domU seconds from 'xl list' per frame. Prints '[lab] ratio NAME VALUE'.
 # Goals: xenvt >= the vif's Raw fps at no more CPU per frame; >= 10x vchan-socket-proxy's
 # Raw fps. Misses are logged, not failed, unless LAB_BENCH_STRICT=1.
 # Settings: LAB_DBENCH_SECS (seconds per measurement, default 10), LAB_DBENCH_GEOMETRY
 # (default 1024x768), LAB_DBENCH_ENCODINGS (default "raw zrle"), LAB_DBENCH_ANIMATE (X
-# clients that animate the desktop: "ico", "xterm" or both; default "ico"), LAB_BENCH_STRICT.
+# clients that animate the desktop: "ico", "xterm", "flood", "flash" or several; default "flash": whole-screen frames, so the transports' bandwidth shows), LAB_BENCH_STRICT.
 
 for p in xenvt xenvt-backend xenvt-proxy; do
     command -v $p >/dev/null || lab_skip "$p is not in the images"
@@ -20,7 +20,7 @@ lab_layer_ok x11 || lab_skip "the images have no X layer (the host has no Xtiger
 secs=${LAB_DBENCH_SECS:-10}
 geometry=${LAB_DBENCH_GEOMETRY:-1024x768}
 encodings=${LAB_DBENCH_ENCODINGS:-raw zrle}
-animate=${LAB_DBENCH_ANIMATE:-ico}
+animate=${LAB_DBENCH_ANIMATE:-flash}
 here=$(pwd)
 
 insmod /lab/modules/xen-netback.ko || lab_fail "insmod xen-netback failed"
