@@ -81,24 +81,9 @@ fn load(args: &Args) -> Result<Config, Error> {
     Ok(cfg)
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
-    tracing::info!("signal: shutting down");
-}
-
 async fn run(cfg: Config) -> Result<(), Error> {
+    // Before anything can say ready: a signal from then on must stop us cleanly.
+    let shutdown = xenvt_ring::signal::Shutdown::register()?;
     let platform = xenvt_ring::platform::from_env()?;
     let client = tokio::time::timeout(XS_TIMEOUT, xenvt_ring::xenstore::XsClient::connect())
         .await
@@ -107,7 +92,7 @@ async fn run(cfg: Config) -> Result<(), Error> {
             path: String::new(),
         })??;
     let backend = Backend::new(cfg, platform, Xs::new(client)).await?;
-    backend.run(shutdown_signal()).await
+    backend.run(shutdown.wait()).await
 }
 
 fn main() -> ExitCode {

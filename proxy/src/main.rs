@@ -20,22 +20,6 @@ struct Cli {
     control: Option<PathBuf>,
 }
 
-async fn shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
-}
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -67,7 +51,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(xenvt_proxy::daemon::run(cfg, shutdown())) {
+    match rt.block_on(async {
+        // Before anything can say ready: a signal from then on must stop us cleanly.
+        let shutdown = xenvt_ring::signal::Shutdown::register()
+            .map_err(|e| xenvt_proxy::Error::io("signal handlers", e))?;
+        xenvt_proxy::daemon::run(cfg, shutdown.wait()).await
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xenvt-proxy: {e}");

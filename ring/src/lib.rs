@@ -21,6 +21,7 @@ pub mod proxyv2;
 pub mod ratelimit;
 pub mod ring;
 pub mod shm;
+pub mod signal;
 pub mod spin;
 pub mod stream;
 pub mod xenstore;

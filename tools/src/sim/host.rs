@@ -294,11 +294,11 @@ pub async fn run(cfg: HostConfig, ready: impl FnOnce(&Path)) -> Result<(), SimEr
     });
     host.add_domain(0, "Domain-0")?;
     let control = UnixListener::bind(&control_path)?;
-    info!(dir = %cfg.dir.display(), "simulated host ready");
-    ready(&cfg.dir);
-
+    // Registered before the ready line, so a signal sent right after it stops us cleanly.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    info!(dir = %cfg.dir.display(), "simulated host ready");
+    ready(&cfg.dir);
     loop {
         tokio::select! {
             conn = control.accept() => match conn {
