@@ -249,18 +249,56 @@ impl Xvfb {
     }
 
     fn xdotool(&self, args: &[&str]) -> String {
+        match self.try_xdotool(args) {
+            Ok(out) => out,
+            Err(err) => panic!("xdotool {args:?} failed: {err}"),
+        }
+    }
+
+    /// One xdotool run: its stdout, or its stderr when it fails.
+    fn try_xdotool(&self, args: &[&str]) -> Result<String, String> {
         let mut child = Command::new("xdotool")
             .args(args)
             .env("DISPLAY", &self.display)
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("xdotool");
-        // Its output is a few lines: it fits the pipe until the child has exited.
+        // Its output is a few lines: it fits the pipes until the child has exited.
         let st = wait_bounded(&mut child, "xdotool");
         let mut out = String::new();
         std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
-        assert!(st.success(), "xdotool {args:?} failed");
-        out
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        if st.success() {
+            Ok(out)
+        } else {
+            Err(format!("{st}: {}", err.trim()))
+        }
+    }
+
+    /// The newest visible window whose name matches `pattern`, waiting for it.
+    ///
+    /// `xdotool search` walks the window tree and exits non-zero when a window it is
+    /// looking at vanishes mid-walk (BadWindow): the viewer creates and destroys
+    /// windows while it connects. That failure says nothing about the window we want,
+    /// so the search runs again, within [`PATIENCE`].
+    fn window(&self, pattern: &str) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let args = ["search", "--sync", "--onlyvisible", "--name", pattern];
+            let err = match self.try_xdotool(&args) {
+                Ok(out) => match out.lines().last() {
+                    Some(w) => return w.to_owned(),
+                    None => "no window".to_owned(),
+                },
+                Err(err) => err,
+            };
+            assert!(
+                std::time::Instant::now() < deadline,
+                "xdotool {args:?} failed: {err}"
+            );
+        }
     }
 }
 
@@ -312,18 +350,7 @@ fn tigervnc_viewer_switches_with_zrle_and_tight() {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn vncviewer");
-        let win = x
-            .xdotool(&[
-                "search",
-                "--sync",
-                "--onlyvisible",
-                "--name",
-                " - TigerVNC$",
-            ])
-            .lines()
-            .last()
-            .expect("the viewer's window")
-            .to_owned();
+        let win = x.window(" - TigerVNC$");
         // No window manager: the pointer inside the window gives it the keyboard.
         x.xdotool(&["mousemove", "--window", &win, "10", "10"]);
 
