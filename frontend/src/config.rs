@@ -205,7 +205,9 @@ fn redial_of(
         (Some(true), None) => {
             return Err(bad(
                 "hook.redial",
-                format!("hook.redial needs a service, and no [[listen]] serves {DEFAULT_SERVICE:?}"),
+                format!(
+                    "hook.redial needs a service, and no [[listen]] serves {DEFAULT_SERVICE:?}"
+                ),
                 "set hook.service to the service of a [[listen]] entry, or set redial = false",
             ))
         }
@@ -541,13 +543,33 @@ mod tests {
         ))
         .redial
         .unwrap();
-        assert_eq!((r.service.as_str(), r.min.as_secs(), r.max.as_secs(), r.reset.as_secs()), ("x", 2, 8, 30));
+        assert_eq!(
+            (
+                r.service.as_str(),
+                r.min.as_secs(),
+                r.max.as_secs(),
+                r.reset.as_secs()
+            ),
+            ("x", 2, 8, 30)
+        );
         let f = Path::new("agent.toml");
         for (text, want) in [
-            ("[hook]\ncommand = [\"true\"]\nservice = \"nope\"", "hook.service \"nope\" has no [[listen]]"),
-            (&format!("{other}[hook]\ncommand = [\"true\"]\nredial = true"), "hook.redial needs a service"),
-            ("[hook]\ncommand = [\"true\"]\nredial_min_secs = 0", "redial_min_secs 0 is outside"),
-            ("[hook]\ncommand = [\"true\"]\nredial_min_secs = 9\nredial_max_secs = 3", "below redial_min_secs"),
+            (
+                "[hook]\ncommand = [\"true\"]\nservice = \"nope\"",
+                "hook.service \"nope\" has no [[listen]]",
+            ),
+            (
+                &format!("{other}[hook]\ncommand = [\"true\"]\nredial = true"),
+                "hook.redial needs a service",
+            ),
+            (
+                "[hook]\ncommand = [\"true\"]\nredial_min_secs = 0",
+                "redial_min_secs 0 is outside",
+            ),
+            (
+                "[hook]\ncommand = [\"true\"]\nredial_min_secs = 9\nredial_max_secs = 3",
+                "below redial_min_secs",
+            ),
         ] {
             let e = Config::from_str_for(Some(f), text).unwrap_err().to_string();
             assert!(e.starts_with("agent.toml:"), "{e}");

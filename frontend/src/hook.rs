@@ -284,7 +284,11 @@ mod state {
 ///   first FIN holds the TIME_WAIT: if it is ours (`our_time_wait`), dom0's end
 ///   came first.
 /// - Anything else (established, FIN_WAIT, CLOSING): the guest had not closed.
-pub fn who_ended(end: &StreamEnd, tcp_state: Option<u8>, our_time_wait: impl FnOnce() -> bool) -> Ended {
+pub fn who_ended(
+    end: &StreamEnd,
+    tcp_state: Option<u8>,
+    our_time_wait: impl FnOnce() -> bool,
+) -> Ended {
     if *end == StreamEnd::MuxClosed {
         return Ended::Backend;
     }
@@ -361,8 +365,8 @@ fn time_wait_held(local: SocketAddr, peer: SocketAddr) -> bool {
         "/proc/net/tcp6"
     };
     let mut text = String::new();
-    let read = std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_PROC_NET).read_to_string(&mut text));
+    let read =
+        std::fs::File::open(file).and_then(|f| f.take(MAX_PROC_NET).read_to_string(&mut text));
     if let Err(e) = read {
         debug!("{file}: {e}");
         return false;
@@ -471,7 +475,11 @@ impl Hooks {
         self.with(|s, l| {
             if let Some(pause) = s.refused(gen, Instant::now()) {
                 if let Some(n) = l.allow() {
-                    info!(suppressed = n, service = svc, "hook: dom0 refused the stream; running the hook again in {pause:?}");
+                    info!(
+                        suppressed = n,
+                        service = svc,
+                        "hook: dom0 refused the stream; running the hook again in {pause:?}"
+                    );
                 }
             }
         });
@@ -485,12 +493,20 @@ impl Hooks {
             match (how, pause) {
                 (Ended::Dom0, Some(pause)) => {
                     if let Some(n) = l.allow() {
-                        info!(suppressed = n, service = svc, "hook: dom0 ended the stream; running the hook again in {pause:?}");
+                        info!(
+                            suppressed = n,
+                            service = svc,
+                            "hook: dom0 ended the stream; running the hook again in {pause:?}"
+                        );
                     }
                 }
                 (Ended::Guest, _) => {
                     if let Some(n) = l.allow() {
-                        info!(suppressed = n, service = svc, "hook: the guest ended the stream; not running the hook");
+                        info!(
+                            suppressed = n,
+                            service = svc,
+                            "hook: the guest ended the stream; not running the hook"
+                        );
                     }
                 }
                 _ => {}
@@ -510,7 +526,10 @@ pub async fn control(hook: Hook, hooks: Arc<Hooks>) {
         if let Some(why) = start {
             match why {
                 Why::Connected => info!("hook: a backend connected, running {:?}", hook.command[0]),
-                Why::Redial => info!("hook: running {:?} again to bring the stream back", hook.command[0]),
+                Why::Redial => info!(
+                    "hook: running {:?} again to bring the stream back",
+                    hook.command[0]
+                ),
             }
             run(&hook).await;
             hooks
@@ -618,7 +637,11 @@ mod schedule_tests {
         pauses.push(s.ended(g, t, 60 * S, Ended::Dom0).unwrap());
         for _ in 0..4 {
             let due = s.due().unwrap();
-            assert_eq!(s.start(due - Duration::from_millis(1)), None, "not before its time");
+            assert_eq!(
+                s.start(due - Duration::from_millis(1)),
+                None,
+                "not before its time"
+            );
             t = due;
             assert_eq!(s.start(t), Some(Why::Redial));
             s.finished();
@@ -708,13 +731,19 @@ mod schedule_tests {
         }
         // Fully closed: the TIME_WAIT tells.
         assert_eq!(who_ended(&closed, Some(state::CLOSE), || true), Ended::Dom0);
-        assert_eq!(who_ended(&closed, Some(state::CLOSE), || false), Ended::Guest);
+        assert_eq!(
+            who_ended(&closed, Some(state::CLOSE), || false),
+            Ended::Guest
+        );
         // Still open on the guest's side (established 1, FIN_WAIT1 4, FIN_WAIT2 5, CLOSING 11).
         for st in [1, 4, 5, 11] {
             assert_eq!(who_ended(&rst, Some(st), || false), Ended::Dom0);
         }
         assert_eq!(who_ended(&closed, None, || true), Ended::Guest);
-        assert_eq!(who_ended(&StreamEnd::MuxClosed, Some(1), || true), Ended::Backend);
+        assert_eq!(
+            who_ended(&StreamEnd::MuxClosed, Some(1), || true),
+            Ended::Backend
+        );
     }
 
     #[test]
@@ -725,13 +754,30 @@ mod schedule_tests {
         let local: SocketAddr = "127.0.0.1:5500".parse().unwrap();
         // On a little-endian host 127.0.0.1 prints as 0100007F.
         if cfg!(target_endian = "little") {
-            assert!(in_time_wait(table, local, "127.0.0.1:41394".parse().unwrap()));
-            assert!(!in_time_wait(table, local, "127.0.0.1:41395".parse().unwrap()));
-            assert!(!in_time_wait(table, "127.0.0.1:41394".parse().unwrap(), local));
+            assert!(in_time_wait(
+                table,
+                local,
+                "127.0.0.1:41394".parse().unwrap()
+            ));
+            assert!(!in_time_wait(
+                table,
+                local,
+                "127.0.0.1:41395".parse().unwrap()
+            ));
+            assert!(!in_time_wait(
+                table,
+                "127.0.0.1:41394".parse().unwrap(),
+                local
+            ));
             let v6 = "  sl\n   0: 0000000000000000FFFF00000100007F:157C 0000000000000000FFFF00000100007F:A1B2 06 0\n";
             assert!(in_time_wait(v6, local, "127.0.0.1:41394".parse().unwrap()));
         }
-        for junk in ["", "x\n", "h\n 0: zz:1 yy:2 06\n", "h\n 0: 0100007F 0100007F:1 06\n"] {
+        for junk in [
+            "",
+            "x\n",
+            "h\n 0: zz:1 yy:2 06\n",
+            "h\n 0: 0100007F 0100007F:1 06\n",
+        ] {
             assert!(!in_time_wait(junk, local, local));
         }
     }
@@ -794,6 +840,9 @@ mod schedule_tests {
         let mut b = [0u8; 16];
         assert!(ours.read(&mut b).await.is_err(), "a reset");
         drop(ours);
-        assert_eq!(probe.ended(&StreamEnd::ResetLocal("x".into())), Ended::Guest);
+        assert_eq!(
+            probe.ended(&StreamEnd::ResetLocal("x".into())),
+            Ended::Guest
+        );
     }
 }

@@ -84,7 +84,11 @@ impl Kid {
     }
 
     /// The next line satisfying `want`; earlier lines are passed over.
-    async fn wait_until(&mut self, what: &str, want: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+    async fn wait_until(
+        &mut self,
+        what: &str,
+        want: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
         let label = &self.label;
         let fut = async {
             while let Some(l) = self.lines.recv().await {
@@ -246,7 +250,9 @@ async fn run() -> anyhow::Result<()> {
         .await?
         .trim()
         .to_owned();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     // An old-style [hook]: no redial keys, so this is the default behaviour.
     std::fs::write(
         t.join("agent.toml"),
