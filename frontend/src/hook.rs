@@ -351,14 +351,14 @@ fn tcp_state(fd: &OwnedFd) -> Option<u8> {
     (r == 0 && len >= 1).then_some(buf[0])
 }
 
-/// The most of `/proc/net/tcp{,6}` we read (a guest has few sockets; the table
-/// lists ours first among equals anyway, and a cut table only means "no").
+/// The most of `/proc/net/tcp{,6}` we read: a guest has few sockets, and a cut
+/// table only means "not found", which never re-runs the hook.
 const MAX_PROC_NET: u64 = 8 << 20;
 
 /// Whether the connection `local` <-> `peer` sits in TIME_WAIT on our side.
 /// A read of a small in-memory file, once per stream end of one service.
 fn time_wait_held(local: SocketAddr, peer: SocketAddr) -> bool {
-    let (local, peer) = (unmap(local), unmap(peer));
+    // A dual-stack socket's connections are in the IPv6 table, even IPv4 ones.
     let file = if local.is_ipv4() {
         "/proc/net/tcp"
     } else {
@@ -371,7 +371,7 @@ fn time_wait_held(local: SocketAddr, peer: SocketAddr) -> bool {
         debug!("{file}: {e}");
         return false;
     }
-    in_time_wait(&text, local, peer)
+    in_time_wait(&text, unmap(local), unmap(peer))
 }
 
 /// An IPv4 address seen through a dual-stack socket, as plain IPv4.
@@ -385,7 +385,8 @@ fn unmap(a: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Finds `local` -> `peer` in TIME_WAIT in the text of `/proc/net/tcp{,6}`.
+/// Finds `local` -> `peer` (IPv4-mapped addresses given as plain IPv4) in
+/// TIME_WAIT in the text of `/proc/net/tcp{,6}`.
 pub fn in_time_wait(table: &str, local: SocketAddr, peer: SocketAddr) -> bool {
     table.lines().skip(1).any(|l| {
         let mut f = l.split_whitespace().skip(1);
@@ -787,25 +788,34 @@ mod schedule_tests {
     #[tokio::test]
     async fn real_connections_tell_who_closed_first() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        async fn pair() -> (TcpStream, TcpStream) {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let guest = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        async fn pair_on(bind: &str) -> Option<(TcpStream, TcpStream)> {
+            let l = tokio::net::TcpListener::bind(bind).await.ok()?;
+            let port = l.local_addr().unwrap().port();
+            let guest = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             let (ours, _) = l.accept().await.unwrap();
-            (ours, guest)
+            Some((ours, guest))
+        }
+        async fn pair() -> (TcpStream, TcpStream) {
+            pair_on("127.0.0.1:0").await.unwrap()
         }
         async fn eof(s: &mut TcpStream) {
             let mut b = [0u8; 16];
             assert_eq!(s.read(&mut b).await.unwrap(), 0);
         }
-        // dom0 first: we send FIN, the guest answers by closing.
-        let (mut ours, mut guest) = pair().await;
-        let probe = Probe::new(&ours).unwrap();
-        ours.shutdown().await.unwrap();
-        eof(&mut guest).await;
-        drop(guest);
-        eof(&mut ours).await;
-        drop(ours);
-        assert_eq!(probe.ended(&StreamEnd::Closed), Ended::Dom0);
+        // dom0 first: we send FIN, the guest answers by closing. Also on a
+        // dual-stack listener, where IPv4 peers look IPv4-mapped (if the host has IPv6).
+        for bind in ["127.0.0.1:0", "[::]:0"] {
+            let Some((mut ours, mut guest)) = pair_on(bind).await else {
+                continue;
+            };
+            let probe = Probe::new(&ours).unwrap();
+            ours.shutdown().await.unwrap();
+            eof(&mut guest).await;
+            drop(guest);
+            eof(&mut ours).await;
+            drop(ours);
+            assert_eq!(probe.ended(&StreamEnd::Closed), Ended::Dom0, "{bind}");
+        }
 
         // The guest first: it closes, we answer with our FIN.
         let (mut ours, guest) = pair().await;
