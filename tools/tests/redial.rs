@@ -3,7 +3,8 @@
 //! (`vncconfig -connect`) makes the desktop's reverse connection; the proxy is
 //! killed (-9), which ends that stream from dom0's side; the agent's redial is
 //! refused while the proxy is down and backs off; once the proxy is started again
-//! the next redial brings the desktop back, with nobody acting in the guest.
+//! the next redial brings the desktop back, with nobody acting in the guest. A
+//! clean restart of the proxy brings it back too.
 //! Then Xvnc drops the connection itself (`vncconfig -disconnect`) and the agent
 //! says so instead of redialling.
 //!
@@ -282,6 +283,16 @@ async fn run() -> anyhow::Result<()> {
 
     // The proxy comes back: the desktop follows with nobody acting in the guest.
     let mut px = proxy.start().await?;
+    wait_desktop(&ctl, dom.id, true).await?;
+
+    // A clean restart (a package upgrade): the same. The stream did not last
+    // redial_reset_secs, so the pause has not started afresh: 4 s, not 1.
+    let st = px.term().await?;
+    anyhow::ensure!(st.success(), "proxy exited with {st}");
+    let mut px = proxy.start().await?;
+    agent
+        .wait_for("hook: dom0 ended the stream; running the hook again in 4s")
+        .await?;
     wait_desktop(&ctl, dom.id, true).await?;
 
     // Xvnc drops the connection itself: the agent sees the guest's end and leaves it.
