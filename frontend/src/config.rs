@@ -17,6 +17,11 @@
 //! [hook]                  # run when a backend (re)connects
 //! command = ["vncconfig", "-display", ":0", "-connect", "127.0.0.1:5500"]
 //! timeout_secs = 30
+//! # service = "vnc"       # the stream it brings back (default: "vnc" if listened)
+//! # redial = true         # run again when dom0 drops that stream
+//! # redial_min_secs = 1   # first pause, doubled per failure...
+//! # redial_max_secs = 60  # ...up to this
+//! # redial_reset_secs = 10 # a stream that lasted this long resets the pause
 //!
 //! [limits]
 //! max_streams = 256
@@ -80,6 +85,22 @@ pub struct Hook {
     pub command: Vec<String>,
     /// How long it may run before it is killed.
     pub timeout: Duration,
+    /// Running it again when dom0 drops the stream it made; `None`: only when a
+    /// backend connects.
+    pub redial: Option<Redial>,
+}
+
+/// When the hook runs again for its service (docs/operations.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redial {
+    /// The guest -> dom0 service whose stream the hook makes.
+    pub service: String,
+    /// The first pause after a loss.
+    pub min: Duration,
+    /// The longest pause: each failure doubles it up to here.
+    pub max: Duration,
+    /// A stream that lasted this long counts as a success and resets the pause.
+    pub reset: Duration,
 }
 
 #[derive(Deserialize, Default)]
@@ -123,6 +144,11 @@ struct RawService {
 struct RawHook {
     command: Vec<String>,
     timeout_secs: Option<u64>,
+    service: Option<String>,
+    redial: Option<bool>,
+    redial_min_secs: Option<u64>,
+    redial_max_secs: Option<u64>,
+    redial_reset_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -152,6 +178,72 @@ fn valid_rel_path(p: &str) -> bool {
                 && c.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         })
+}
+
+/// The `[hook]` redial keys, checked against the listeners (the hook's service
+/// must be one we listen for, or no stream of it can ever be seen).
+fn redial_of(
+    h: &RawHook,
+    listen: &[Listen],
+    bad: &dyn Fn(&str, String, &str) -> Error,
+) -> Result<Option<Redial>> {
+    let listened = |s: &str| listen.iter().any(|l| l.service == s);
+    let service = match &h.service {
+        Some(s) if !listened(s) => {
+            return Err(bad(
+                "hook.service",
+                format!("hook.service {s:?} has no [[listen]] entry"),
+                "set hook.service to the service of a [[listen]] entry (usually \"vnc\")",
+            ))
+        }
+        Some(s) => Some(s.clone()),
+        None => listened(DEFAULT_SERVICE).then(|| DEFAULT_SERVICE.to_owned()),
+    };
+    let service = match (h.redial, service) {
+        (Some(false), _) => return Ok(None),
+        (None, None) => return Ok(None),
+        (Some(true), None) => {
+            return Err(bad(
+                "hook.redial",
+                format!(
+                    "hook.redial needs a service, and no [[listen]] serves {DEFAULT_SERVICE:?}"
+                ),
+                "set hook.service to the service of a [[listen]] entry, or set redial = false",
+            ))
+        }
+        (_, Some(s)) => s,
+    };
+    let secs = |key: &str, v: Option<u64>, default: u64| -> Result<Duration> {
+        let v = v.unwrap_or(default);
+        if !(1..=3600).contains(&v) {
+            return Err(bad(
+                &format!("hook.{key}"),
+                format!("hook.{key} {v} is outside 1..=3600"),
+                &format!("set hook.{key} between 1 and 3600 ({default} is the default)"),
+            ));
+        }
+        Ok(Duration::from_secs(v))
+    };
+    let min = secs("redial_min_secs", h.redial_min_secs, 1)?;
+    let max = secs("redial_max_secs", h.redial_max_secs, 60)?;
+    let reset = secs("redial_reset_secs", h.redial_reset_secs, 10)?;
+    if max < min {
+        return Err(bad(
+            "hook.redial_max_secs",
+            format!(
+                "hook.redial_max_secs {} is below redial_min_secs {}",
+                max.as_secs(),
+                min.as_secs()
+            ),
+            "set redial_max_secs to at least redial_min_secs",
+        ));
+    }
+    Ok(Some(Redial {
+        service,
+        min,
+        max,
+        reset,
+    }))
 }
 
 impl Default for Config {
@@ -286,9 +378,11 @@ impl Config {
                         "set hook.timeout_secs between 1 and 3600",
                     ));
                 }
+                let redial = redial_of(&h, &listen, &bad)?;
                 Some(Hook {
                     command: h.command,
                     timeout: Duration::from_secs(secs),
+                    redial,
                 })
             }
         };
@@ -420,6 +514,67 @@ mod tests {
         assert_eq!(c.listen[0].address, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(c.services["vnc"], "127.0.0.1:5900".parse().unwrap());
         assert!(c.hook.is_some());
+    }
+
+    #[test]
+    fn the_hook_redials_its_listened_service_unless_told_not_to() {
+        let hook = |text: &str| Config::from_str_for(None, text).unwrap().hook.unwrap();
+        // An old config: no new keys, the default listener: redial "vnc" with the defaults.
+        let r = hook("[hook]\ncommand = [\"true\"]").redial.unwrap();
+        assert_eq!(r.service, "vnc");
+        assert_eq!(
+            (r.min, r.max, r.reset),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+                Duration::from_secs(10)
+            )
+        );
+        assert!(hook("[hook]\ncommand = [\"true\"]\nredial = false")
+            .redial
+            .is_none());
+        // No listener for "vnc" and no service named: the hook only runs on connect.
+        let other = "[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"x\"\n";
+        assert!(hook(&format!("{other}[hook]\ncommand = [\"true\"]"))
+            .redial
+            .is_none());
+        let r = hook(&format!(
+            "{other}[hook]\ncommand = [\"true\"]\nservice = \"x\"\nredial_min_secs = 2\nredial_max_secs = 8\nredial_reset_secs = 30"
+        ))
+        .redial
+        .unwrap();
+        assert_eq!(
+            (
+                r.service.as_str(),
+                r.min.as_secs(),
+                r.max.as_secs(),
+                r.reset.as_secs()
+            ),
+            ("x", 2, 8, 30)
+        );
+        let f = Path::new("agent.toml");
+        for (text, want) in [
+            (
+                "[hook]\ncommand = [\"true\"]\nservice = \"nope\"",
+                "hook.service \"nope\" has no [[listen]]",
+            ),
+            (
+                &format!("{other}[hook]\ncommand = [\"true\"]\nredial = true"),
+                "hook.redial needs a service",
+            ),
+            (
+                "[hook]\ncommand = [\"true\"]\nredial_min_secs = 0",
+                "redial_min_secs 0 is outside",
+            ),
+            (
+                "[hook]\ncommand = [\"true\"]\nredial_min_secs = 9\nredial_max_secs = 3",
+                "below redial_min_secs",
+            ),
+        ] {
+            let e = Config::from_str_for(Some(f), text).unwrap_err().to_string();
+            assert!(e.starts_with("agent.toml:"), "{e}");
+            assert!(e.contains(want), "{text:?} -> {e}");
+        }
     }
 
     #[test]

@@ -6,12 +6,13 @@
 //! dom0 services (guest -> dom0); REQUESTs from dom0 are connected to the
 //! guest-local addresses the config allows, and refused otherwise (dom0 ->
 //! guest). When the backend goes away, every stream that crossed it is reset, a
-//! fresh channel is published, and the optional hook runs once a backend is back.
+//! fresh channel is published, and the optional hook runs once a backend is back;
+//! it runs again when dom0 drops the stream it made ([`hook`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -199,16 +200,30 @@ impl<X: Xenstore> Agent<X> {
     async fn run_inner(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let limiter: Limiter = Arc::new(Mutex::new(RateLimit::default()));
         let (cur_tx, cur_rx) = watch::channel::<Option<MuxHandle>>(None);
+        let mut hook_task: Option<JoinHandle<()>> = None;
+        let hooks = self.cfg.hook.clone().map(|h| {
+            let hooks = Arc::new(hook::Hooks::new(&h));
+            if let Some(r) = &h.redial {
+                info!(
+                    service = r.service,
+                    "hook: runs when a backend connects, and again when dom0 drops the stream"
+                );
+            }
+            hook_task = Some(tokio::spawn(
+                hook::control(h, hooks.clone()).in_current_span(),
+            ));
+            hooks
+        });
         let mut accepters = Vec::new();
         for (l, svc) in std::mem::take(&mut self.listeners) {
             let addr = l.local_addr()?;
             info!("listening on {addr} for service {svc}");
+            let watch = hooks.clone().filter(|h| h.watches(&svc));
             accepters.push(tokio::spawn(
-                accept_loop(l, svc, cur_rx.clone(), limiter.clone()).in_current_span(),
+                accept_loop(l, svc, cur_rx.clone(), limiter.clone(), watch).in_current_span(),
             ));
         }
         tokio::pin!(shutdown);
-        let mut hook_task: Option<JoinHandle<()>> = None;
         let mut serial = 0u64;
         let res = 'outer: loop {
             serial += 1;
@@ -235,18 +250,8 @@ impl<X: Xenstore> Agent<X> {
             };
             cur_tx.send_replace(Some(handle.clone()));
             info!("backend connected");
-            if let Some(h) = &self.cfg.hook {
-                if hook_task.as_ref().is_some_and(|t| !t.is_finished()) {
-                    warn!("hook from the previous connection is still running: not started again");
-                } else {
-                    let h = h.clone();
-                    hook_task = Some(tokio::spawn(
-                        async move {
-                            hook::run(&h).await;
-                        }
-                        .in_current_span(),
-                    ));
-                }
+            if let Some(h) = &hooks {
+                h.connected();
             }
             loop {
                 tokio::select! {
@@ -270,6 +275,9 @@ impl<X: Xenstore> Agent<X> {
                 }
             }
             cur_tx.send_replace(None);
+            if let Some(h) = &hooks {
+                h.gone();
+            }
             handle.shutdown();
         };
         for a in accepters {
@@ -323,11 +331,13 @@ impl<X: Xenstore> Agent<X> {
 
 /// Accepts local connections and opens a stream for each while a backend is
 /// connected; without one, connections are closed at once.
+/// With `hooks`, each stream's end goes to the hook's schedule.
 async fn accept_loop(
     l: TcpListener,
     service: String,
     cur: watch::Receiver<Option<MuxHandle>>,
     limiter: Limiter,
+    hooks: Option<Arc<hook::Hooks>>,
 ) {
     loop {
         let (sock, peer) = match l.accept().await {
@@ -350,13 +360,32 @@ async fn accept_loop(
         };
         let service = service.clone();
         let limiter = limiter.clone();
+        // Taken before the socket moves into the multiplexer.
+        let watch = hooks
+            .clone()
+            .map(|hk| (hk.opening(), hook::Probe::new(&sock), hk));
         tokio::spawn(
             async move {
                 match h.open(&service, sock).await {
-                    Ok(s) => debug!(%service, %peer, stream = s.id(), "opened"),
+                    Ok(s) => {
+                        debug!(%service, %peer, stream = s.id(), "opened");
+                        if let Some((gen, probe, hk)) = watch {
+                            let t0 = Instant::now();
+                            let end = s.done().await;
+                            let how = probe.map_or(hook::Ended::Guest, |p| p.ended(&end));
+                            debug!(%service, %peer, ?end, ?how, "ended");
+                            hk.ended(gen, t0.elapsed(), how);
+                        }
+                    }
                     Err(e) => {
                         if let Some(n) = allow(&limiter) {
                             info!(suppressed = n, %service, %peer, "not opened: {e}");
+                        }
+                        if let Some((gen, _, hk)) = watch {
+                            match e {
+                                xenvt_ring::Error::Refused(_) => hk.refused(gen),
+                                _ => hk.ended(gen, Duration::ZERO, hook::Ended::Backend),
+                            }
                         }
                     }
                 }
