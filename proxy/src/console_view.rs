@@ -441,6 +441,13 @@ async fn session(
             _ = sleep_until(due) => {}
             _ = loc.changed() => return Ok(SessionEnd::Moved),
         }
+        // Whichever branch won: `pump` may have fed output and then been cancelled at
+        // its final yield, before its branch ran. That output must still be drawn (it
+        // may be the last lines of a panic) and answered.
+        if scr.console.unrendered() {
+            send(scr.console.take_replies());
+            scr.pacer.mark_dirty();
+        }
         if scr.pacer.ready(Instant::now()) {
             scr.render()?;
         }

@@ -289,3 +289,50 @@ fn pump_writes_the_log() {
         assert_eq!(std::fs::read(log.path()).unwrap(), b"GHIJ");
     });
 }
+
+/// `pump` feeds the console and then yields when its budget runs out. A caller that
+/// drops it at that yield (a `select!` whose other branch is ready) never sees its
+/// result, so the console itself must remember that output came in: the console view
+/// once lost the last lines of a burst this way until the guest wrote again.
+#[test]
+fn output_fed_before_a_cancelled_yield_is_still_seen() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.sock");
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        let mut src = ConsoleSource::connect_unix(&path).await.unwrap();
+        let (guest, _) = l.accept().await.unwrap();
+        // A socket, unlike a pty, has all of it readable as soon as the write returns.
+        let text = "0123456789abcdef".repeat(4) + "the last line";
+        let mut guest = guest.into_std().unwrap();
+        guest.set_nonblocking(false).unwrap();
+        guest.write_all(text.as_bytes()).unwrap();
+        let mut c = Console::new(&ConsoleConfig::default()).unwrap();
+        let tiny = PumpLimits {
+            chunk: 16,
+            budget: 32,
+        };
+        // Readiness known first, so pump's own wait does not end the race early.
+        if let ConsoleSource::Unix(s) = &src {
+            s.readable().await.unwrap();
+        }
+        let finished = tokio::select! {
+            biased;
+            _ = pump(&mut src, &mut c, None, tiny) => true,
+            _ = std::future::ready(()) => false,
+        };
+        assert!(!finished, "pump ran out of budget and yielded");
+        assert!(c.unrendered(), "fed output is remembered across the cancel");
+        let mut fb = Framebuffer::new(8, 8).unwrap();
+        c.render(&mut fb).unwrap();
+        assert!(!c.unrendered());
+        while !c.screen().contents().contains("the last line") {
+            pump(&mut src, &mut c, None, tiny).await.unwrap();
+        }
+        assert!(c.unrendered());
+    });
+}

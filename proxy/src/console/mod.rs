@@ -137,6 +137,9 @@ pub struct Console {
     /// The grid as last drawn; empty when the framebuffer must be drawn whole.
     prev: Vec<VisCell>,
     cur: Vec<VisCell>,
+    /// Output was fed since the last render. Kept here, not by the caller, so that a
+    /// caller whose read future is cancelled after feeding still sees it.
+    unrendered: bool,
 }
 
 impl std::fmt::Debug for Console {
@@ -169,6 +172,7 @@ impl Console {
             mods: Modifiers::default(),
             prev: Vec::new(),
             cur: Vec::new(),
+            unrendered: false,
         })
     }
 
@@ -179,6 +183,7 @@ impl Console {
 
     /// Takes console output from the guest.
     pub fn feed(&mut self, bytes: &[u8]) {
+        self.unrendered |= !bytes.is_empty();
         // Bounded pieces keep the scratch buffer small whatever the caller passes.
         for chunk in bytes.chunks(16 * 1024) {
             self.scratch.clear();
@@ -188,6 +193,11 @@ impl Console {
         if self.scratch.capacity() > 64 * 1024 {
             self.scratch = Vec::new();
         }
+    }
+
+    /// True when output came in after the last [`Console::render`].
+    pub fn unrendered(&self) -> bool {
+        self.unrendered
     }
 
     /// Answers the terminal owes the guest (cursor reports, device attributes), to write to
@@ -260,6 +270,7 @@ impl Console {
             damage.row(r as u16, &changed);
         }
         std::mem::swap(&mut self.prev, &mut self.cur);
+        self.unrendered = false;
         Ok(damage.finish())
     }
 

@@ -260,6 +260,8 @@ pub struct TestViewer {
     pub wr: OwnedWriteHalf,
     pub dec: ClientDecoder,
     pub name: String,
+    /// The last requests and events, for the message when an update never comes.
+    pub trace: std::collections::VecDeque<String>,
 }
 
 impl TestViewer {
@@ -285,6 +287,7 @@ impl TestViewer {
             wr,
             dec,
             name: init.name,
+            trace: Default::default(),
         }
     }
 
@@ -292,7 +295,15 @@ impl TestViewer {
         self.wr.write_all(&m.to_bytes()).await.unwrap();
     }
 
+    fn note(&mut self, what: String) {
+        if self.trace.len() == 48 {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(what);
+    }
+
     pub async fn request(&mut self, incremental: bool) {
+        self.note(format!("request incremental={incremental}"));
         let fb = self.dec.framebuffer().rect();
         self.send(ClientMessage::FramebufferUpdateRequest {
             incremental,
@@ -306,10 +317,22 @@ impl TestViewer {
         let mut u = Update::default();
         let mut started = false;
         loop {
-            let ev = tokio::time::timeout(PATIENCE, self.rd.server_event(&mut self.dec))
-                .await
-                .expect("an update in time")
-                .expect("decode");
+            let ev = match tokio::time::timeout(PATIENCE, self.rd.server_event(&mut self.dec)).await
+            {
+                Ok(e) => e.expect("decode"),
+                Err(_) => panic!(
+                    "no update in time: size {:?}, name {:?}, {} rects so far; \
+                     the last requests and events: {:?}",
+                    self.size(),
+                    self.name,
+                    u.rects,
+                    self.trace
+                ),
+            };
+            self.note(match &ev {
+                ServerEvent::Rect { .. } => "rect".to_owned(),
+                e => format!("{e:?}").chars().take(48).collect(),
+            });
             match ev {
                 ServerEvent::UpdateBegin { .. } => started = true,
                 ServerEvent::Rect { .. } => u.rects += 1,
