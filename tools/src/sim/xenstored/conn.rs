@@ -119,6 +119,9 @@ pub enum Fate {
     Merged,
     /// The domain is over its quota.
     Dropped,
+    /// The connection is going away (its peer is gone and the write
+    /// failed, or it was closed): the frame is discarded. Not an overflow.
+    Closed,
 }
 
 /// What a queue held when it overflowed, for the log line.
@@ -148,8 +151,8 @@ impl Outbox {
 
     /// Queues a reply. Over the connection bound the queue closes and what it
     /// held is returned: the caller drops the connection.
-    pub fn push_reply(&self, frame: Vec<u8>) -> Result<(), Backlog> {
-        self.push(frame.into(), false, false).map(|_| ())
+    pub fn push_reply(&self, frame: Vec<u8>) -> Result<Fate, Backlog> {
+        self.push(frame.into(), false, false)
     }
 
     /// Queues a watch event (`special` for `@...` ones, which are never
@@ -161,7 +164,7 @@ impl Outbox {
     fn push(&self, frame: Arc<[u8]>, event: bool, mergeable: bool) -> Result<Fate, Backlog> {
         let mut g = self.lock();
         if g.closed {
-            return Err(Backlog::default());
+            return Ok(Fate::Closed);
         }
         if mergeable && g.pending.contains(&frame) {
             drop(g);
@@ -450,6 +453,8 @@ mod tests {
         assert_eq!((b.bytes, b.frames, b.events), (60, 1, 0));
         assert!(o.is_closed());
         assert_eq!(o.queued(), (0, 0));
+        // Later frames are discarded quietly: that is no second overflow.
+        assert_eq!(o.push_event(vec![0; 1], false).unwrap(), Fate::Closed);
         assert!(o.pop().await.is_none());
         o.closed().await;
     }
@@ -511,17 +516,28 @@ mod tests {
         assert_eq!(dom.bytes(), 0);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn unprivileged_events_time_out_privileged_do_not() {
         let dom = Arc::new(DomainUse::default());
-        let u = Outbox::new(policy(false, 1 << 20, 1 << 20), dom.clone());
-        let p = Outbox::new(policy(true, 0, 1 << 20), Arc::default());
+        let pol = |privileged, t| Policy {
+            event_timeout: Some(t),
+            ..policy(privileged, 1 << 20, 1 << 20)
+        };
+        // An unprivileged domain's event past its time is dropped unread;
+        // the reply behind it still goes.
+        let u = Outbox::new(pol(false, Duration::ZERO), dom.clone());
         u.push_event(ev("/old"), false).unwrap();
-        p.push_event(ev("/old"), false).unwrap();
-        tokio::time::advance(Duration::from_secs(21)).await;
+        u.push_reply(vec![7; 4]).unwrap();
+        assert_eq!(&*u.pop().await.unwrap(), &[7; 4][..]);
+        assert_eq!(dom.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(dom.bytes(), 0);
+        // Within its time it is delivered.
+        let u = Outbox::new(pol(false, Duration::from_secs(3600)), dom.clone());
         u.push_event(ev("/new"), false).unwrap();
         assert_eq!(&*u.pop().await.unwrap(), &ev("/new")[..]);
-        assert_eq!(dom.dropped.load(Ordering::Relaxed), 1);
+        // Privileged domains have no timeout.
+        let p = Outbox::new(pol(true, Duration::ZERO), Arc::default());
+        p.push_event(ev("/old"), false).unwrap();
         assert_eq!(&*p.pop().await.unwrap(), &ev("/old")[..]);
     }
 }

@@ -312,7 +312,7 @@ impl State {
             return;
         };
         let pushed = match event {
-            None => c.outbox.push_reply(frame).map(|()| Fate::Queued),
+            None => c.outbox.push_reply(frame),
             Some(special) => c.outbox.push_event(frame, special),
         };
         match pushed {
@@ -330,7 +330,9 @@ impl State {
                     );
                 }
             }
-            Ok(Fate::Merged) => {}
+            // Closed: the peer is gone (its reader drops the connection
+            // next); nothing overflowed.
+            Ok(Fate::Merged | Fate::Closed) => {}
             Ok(Fate::Dropped) => {
                 let domid = c.domid;
                 let who = c.describe();
