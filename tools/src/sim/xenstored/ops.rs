@@ -198,12 +198,18 @@ impl State {
 
     /// Logs bad input from a peer, at most a burst per window.
     pub fn bad_input(&mut self, conn: u64, domid: u32, what: std::fmt::Arguments<'_>) {
+        self.peer_warn(conn, domid, format_args!("bad input: {what}"));
+    }
+
+    /// Logs something a peer caused, at most a burst per window (shared
+    /// with bad input).
+    fn peer_warn(&mut self, conn: u64, domid: u32, what: std::fmt::Arguments<'_>) {
         let now = Instant::now();
         if now.duration_since(self.log.window) >= LOG_WINDOW {
             if self.log.suppressed > 0 {
                 tracing::warn!(
                     suppressed = self.log.suppressed,
-                    "xenstored: bad-input messages suppressed"
+                    "xenstored: peer-caused messages suppressed"
                 );
             }
             self.log.window = now;
@@ -212,7 +218,7 @@ impl State {
         }
         if self.log.count < LOG_BURST {
             self.log.count += 1;
-            tracing::warn!(conn, domid, "xenstored: bad input: {what}");
+            tracing::warn!(conn, domid, "xenstored: {what}");
         } else {
             self.log.suppressed += 1;
         }
@@ -320,7 +326,7 @@ impl State {
                 if let Some(b) = c.outbox.take_lag_report() {
                     let domid = c.domid;
                     let who = c.describe();
-                    self.bad_input(
+                    self.peer_warn(
                         id,
                         domid,
                         format_args!(
@@ -337,7 +343,7 @@ impl State {
                 let domid = c.domid;
                 let who = c.describe();
                 let (bytes, frames) = c.outbox.queued();
-                self.bad_input(
+                self.peer_warn(
                     id,
                     domid,
                     format_args!(
@@ -349,7 +355,7 @@ impl State {
                 let c = &self.conns[&id];
                 let domid = c.domid;
                 let who = c.describe();
-                self.bad_input(
+                self.peer_warn(
                     id,
                     domid,
                     format_args!(
