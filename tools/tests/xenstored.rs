@@ -744,6 +744,50 @@ async fn slow_guest_reader_loses_events_over_quota() {
     assert_eq!(st.events_dropped as usize + kept, n + 1, "{st:?}");
 }
 
+/// As C xenstored: a guest's request stays outstanding until the watch
+/// events it caused are read, even by dom0; with 20 outstanding the guest
+/// waits, and dom0 does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_writes_wait_for_a_slow_watcher() {
+    let sim = Sim::new(XenstoredConfig::default());
+    let _served = sim.guest(5, "g").await;
+    let mut d0 = Raw::connect(&sim.sock(0)).await;
+    d0.write(0, "/flood", "").await;
+    let mut slow = Raw::connect(&sim.sock(0)).await;
+    slow.watch("/flood", "f").await;
+    slow.watch("/local/domain/5/data", "t").await;
+    // Fill the slow reader's socket with events no guest caused.
+    let long = "a".repeat(1000);
+    for i in 0..2000 {
+        d0.write(0, &format!("/flood/{i}{long}"), "").await;
+    }
+    // The guest sends 100 writes at once.
+    let mut g = Raw::connect(&sim.sock(5)).await;
+    let n = 100u32;
+    let mut burst = Vec::new();
+    for i in 0..n {
+        burst.extend(wire::encode(
+            MsgType::Write,
+            i + 1,
+            0,
+            format!("data/k{i}\0v").as_bytes(),
+        ));
+    }
+    g.s.write_all(&burst).await.unwrap();
+    // dom0 goes on, and sees at most 20 of them done.
+    let done = d0
+        .ok(MsgType::Directory, 0, &z("/local/domain/5/data"))
+        .await;
+    let done = wire::strings(&done).len();
+    assert!(done <= 20, "{done}");
+    assert!(sim.xsd.stats().domains[&5].outstanding <= 20);
+    // Once the watcher reads, every write goes through.
+    while slow.next_event().await != format!("/local/domain/5/data/k{}", n - 1) {}
+    for i in 0..n {
+        assert_eq!(g.reply(i + 1, 0).await.0, MsgType::Write as u32);
+    }
+}
+
 /// A dom0 client that does not read at all is closed past the simulation's
 /// own bound (the C daemon would let its queue grow); the writer goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

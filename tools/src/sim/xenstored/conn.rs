@@ -13,6 +13,10 @@
 //!   dropped, and the domain's requests are not read while it is crossed.
 //! - For an unprivileged domain an event not consumed within 20 s (`-w`) is
 //!   dropped.
+//! - A request of an unprivileged domain stays outstanding until its reply
+//!   and every watch event it caused (to any connection) are written or
+//!   dropped; while 20 (`-Q outstanding`) are, the domain's requests are not
+//!   read. A slow watcher, dom0's included, so slows down the writers.
 //! - Privileged domains (dom0) have neither quota nor timeout: their queue
 //!   grows. Here a large per-connection bound (`out_queue_max`) still closes
 //!   the connection, so that a stuck dom0 client cannot grow the simulated
@@ -41,12 +45,39 @@ pub struct DomainUse {
     pub dropped: AtomicU64,
     /// Watch events merged into an identical queued one.
     pub merged: AtomicU64,
+    /// Requests whose reply or events are still queued somewhere.
+    outstanding: AtomicUsize,
+}
+
+/// One outstanding request of an unprivileged domain (C xenstored's
+/// `nboutstanding`): its reply and the events it caused hold it, and the
+/// last one written or dropped ends it.
+pub struct Outstanding(Arc<DomainUse>);
+
+impl Outstanding {
+    /// Counts a request of `domain` as outstanding until dropped.
+    pub fn new(domain: Arc<DomainUse>) -> Arc<Self> {
+        domain.outstanding.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Outstanding(domain))
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+        self.0.freed.notify_waiters();
+    }
 }
 
 impl DomainUse {
     /// Bytes queued for the domain.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Its requests still outstanding.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
     }
 
     fn sub(&self, n: usize) {
@@ -66,6 +97,8 @@ pub struct Policy {
     pub domain_quota: usize,
     /// How long an unprivileged domain's event may wait to be read.
     pub event_timeout: Option<Duration>,
+    /// Outstanding requests past which an unprivileged domain is not read.
+    pub outstanding_max: usize,
     /// Bytes one connection may have queued before it is closed (the
     /// simulation's own bound, see the module doc).
     pub conn_max: usize,
@@ -92,6 +125,8 @@ struct Out {
     /// An event: past this, it is dropped unread.
     deadline: Option<Instant>,
     event: bool,
+    /// The unprivileged request it answers or was caused by.
+    _req: Option<Arc<Outstanding>>,
 }
 
 #[derive(Default)]
@@ -151,17 +186,32 @@ impl Outbox {
 
     /// Queues a reply. Over the connection bound the queue closes and what it
     /// held is returned: the caller drops the connection.
-    pub fn push_reply(&self, frame: Vec<u8>) -> Result<Fate, Backlog> {
-        self.push(frame.into(), false, false)
+    pub fn push_reply(
+        &self,
+        frame: Vec<u8>,
+        req: Option<Arc<Outstanding>>,
+    ) -> Result<Fate, Backlog> {
+        self.push(frame.into(), false, false, req)
     }
 
     /// Queues a watch event (`special` for `@...` ones, which are never
     /// merged), or drops it under the rules in the module doc.
-    pub fn push_event(&self, frame: Vec<u8>, special: bool) -> Result<Fate, Backlog> {
-        self.push(frame.into(), true, !special)
+    pub fn push_event(
+        &self,
+        frame: Vec<u8>,
+        special: bool,
+        req: Option<Arc<Outstanding>>,
+    ) -> Result<Fate, Backlog> {
+        self.push(frame.into(), true, !special, req)
     }
 
-    fn push(&self, frame: Arc<[u8]>, event: bool, mergeable: bool) -> Result<Fate, Backlog> {
+    fn push(
+        &self,
+        frame: Arc<[u8]>,
+        event: bool,
+        mergeable: bool,
+        req: Option<Arc<Outstanding>>,
+    ) -> Result<Fate, Backlog> {
         let mut g = self.lock();
         if g.closed {
             return Ok(Fate::Closed);
@@ -208,6 +258,7 @@ impl Outbox {
             mergeable,
             deadline,
             event,
+            _req: req,
         });
         drop(g);
         self.to_writer.notify_one();
@@ -283,8 +334,8 @@ impl Outbox {
         (g.bytes, g.q.len())
     }
 
-    /// The next frame to write; `None` once closed.
-    async fn pop(&self) -> Option<Arc<[u8]>> {
+    /// The next frame to write (dropped once written); `None` once closed.
+    async fn pop(&self) -> Option<Out> {
         loop {
             {
                 let mut g = self.lock();
@@ -300,7 +351,7 @@ impl Outbox {
                     }
                     drop(g);
                     self.to_reader.notify_one();
-                    return Some(o.frame);
+                    return Some(o);
                 }
             }
             self.to_writer.notified().await;
@@ -313,7 +364,9 @@ impl Outbox {
     fn has_room(&self, g: &mut OutInner) -> bool {
         if !self.policy.privileged {
             self.expire(g, Instant::now());
-            if self.domain.bytes() >= self.policy.domain_quota {
+            if self.domain.bytes() >= self.policy.domain_quota
+                || self.domain.outstanding() >= self.policy.outstanding_max
+            {
                 return false;
             }
         }
@@ -377,9 +430,9 @@ pub async fn run(xsd: Xenstored, stream: UnixStream, domid: u32) {
 
     let wbox = outbox.clone();
     let writer = tokio::spawn(async move {
-        while let Some(frame) = wbox.pop().await {
+        while let Some(out) = wbox.pop().await {
             let res = tokio::select! {
-                r = wr.write_all(&frame) => r,
+                r = wr.write_all(&out.frame) => r,
                 _ = wbox.closed() => return,
             };
             if res.is_err() {
@@ -432,6 +485,7 @@ mod tests {
             privileged,
             domain_quota: quota,
             event_timeout: Some(Duration::from_secs(20)),
+            outstanding_max: 20,
             conn_max,
         }
     }
@@ -448,13 +502,13 @@ mod tests {
     #[tokio::test]
     async fn over_the_bound_closes() {
         let o = Outbox::new(policy(true, 0, 100), Arc::default());
-        assert!(o.push_reply(vec![0; 60]).is_ok());
-        let b = o.push_reply(vec![0; 60]).unwrap_err();
+        assert!(o.push_reply(vec![0; 60], None).is_ok());
+        let b = o.push_reply(vec![0; 60], None).unwrap_err();
         assert_eq!((b.bytes, b.frames, b.events), (60, 1, 0));
         assert!(o.is_closed());
         assert_eq!(o.queued(), (0, 0));
         // Later frames are discarded quietly: that is no second overflow.
-        assert_eq!(o.push_event(vec![0; 1], false).unwrap(), Fate::Closed);
+        assert_eq!(o.push_event(vec![0; 1], false, None).unwrap(), Fate::Closed);
         assert!(o.pop().await.is_none());
         o.closed().await;
     }
@@ -462,13 +516,13 @@ mod tests {
     #[tokio::test]
     async fn fifo_and_room() {
         let o = Outbox::new(policy(true, 0, 100), Arc::default());
-        assert!(o.push_reply(vec![1; 60]).is_ok());
-        assert!(o.push_reply(vec![2; 30]).is_ok());
+        assert!(o.push_reply(vec![1; 60], None).is_ok());
+        assert!(o.push_reply(vec![2; 30], None).is_ok());
         let o2 = o.clone();
         let waiter = tokio::spawn(async move { o2.wait_room().await });
-        assert_eq!(o.pop().await.unwrap()[0], 1);
+        assert_eq!(o.pop().await.unwrap().frame[0], 1);
         assert!(waiter.await.unwrap());
-        assert_eq!(o.pop().await.unwrap()[0], 2);
+        assert_eq!(o.pop().await.unwrap().frame[0], 2);
         o.close();
         assert!(!o.wait_room().await);
     }
@@ -477,17 +531,17 @@ mod tests {
     async fn identical_queued_events_merge() {
         let dom = Arc::new(DomainUse::default());
         let o = Outbox::new(policy(true, 0, 1 << 20), dom.clone());
-        assert_eq!(o.push_event(ev("/a"), false).unwrap(), Fate::Queued);
-        assert_eq!(o.push_event(ev("/b"), false).unwrap(), Fate::Queued);
-        assert_eq!(o.push_event(ev("/a"), false).unwrap(), Fate::Merged);
+        assert_eq!(o.push_event(ev("/a"), false, None).unwrap(), Fate::Queued);
+        assert_eq!(o.push_event(ev("/b"), false, None).unwrap(), Fate::Queued);
+        assert_eq!(o.push_event(ev("/a"), false, None).unwrap(), Fate::Merged);
         // Special events are never merged.
-        assert_eq!(o.push_event(ev("@r"), true).unwrap(), Fate::Queued);
-        assert_eq!(o.push_event(ev("@r"), true).unwrap(), Fate::Queued);
+        assert_eq!(o.push_event(ev("@r"), true, None).unwrap(), Fate::Queued);
+        assert_eq!(o.push_event(ev("@r"), true, None).unwrap(), Fate::Queued);
         assert_eq!(o.queued().1, 4);
         assert_eq!(dom.merged.load(Ordering::Relaxed), 1);
         // Once written, the same event queues again.
-        assert_eq!(&*o.pop().await.unwrap(), &ev("/a")[..]);
-        assert_eq!(o.push_event(ev("/a"), false).unwrap(), Fate::Queued);
+        assert_eq!(&*o.pop().await.unwrap().frame, &ev("/a")[..]);
+        assert_eq!(o.push_event(ev("/a"), false, None).unwrap(), Fate::Queued);
     }
 
     #[tokio::test]
@@ -496,15 +550,18 @@ mod tests {
         let quota = 3 * ev("/x/0").len();
         let a = Outbox::new(policy(false, quota, 1 << 20), dom.clone());
         let b = Outbox::new(policy(false, quota, 1 << 20), dom.clone());
-        assert_eq!(a.push_event(ev("/x/0"), false).unwrap(), Fate::Queued);
-        assert_eq!(b.push_event(ev("/x/1"), false).unwrap(), Fate::Queued);
-        assert_eq!(a.push_event(ev("/x/2"), false).unwrap(), Fate::Queued);
+        assert_eq!(a.push_event(ev("/x/0"), false, None).unwrap(), Fate::Queued);
+        assert_eq!(b.push_event(ev("/x/1"), false, None).unwrap(), Fate::Queued);
+        assert_eq!(a.push_event(ev("/x/2"), false, None).unwrap(), Fate::Queued);
         // The quota is the domain's, over both connections.
-        assert_eq!(b.push_event(ev("/x/3"), false).unwrap(), Fate::Dropped);
+        assert_eq!(
+            b.push_event(ev("/x/3"), false, None).unwrap(),
+            Fate::Dropped
+        );
         assert_eq!(dom.dropped.load(Ordering::Relaxed), 1);
         assert!(!a.is_closed() && !b.is_closed());
         // Replies still queue, and the domain's requests wait for room.
-        assert!(b.push_reply(vec![0; 8]).is_ok());
+        assert!(b.push_reply(vec![0; 8], None).is_ok());
         let b2 = b.clone();
         let waiter = tokio::spawn(async move { b2.wait_room().await });
         a.pop().await.unwrap();
@@ -526,18 +583,52 @@ mod tests {
         // An unprivileged domain's event past its time is dropped unread;
         // the reply behind it still goes.
         let u = Outbox::new(pol(false, Duration::ZERO), dom.clone());
-        u.push_event(ev("/old"), false).unwrap();
-        u.push_reply(vec![7; 4]).unwrap();
-        assert_eq!(&*u.pop().await.unwrap(), &[7; 4][..]);
+        u.push_event(ev("/old"), false, None).unwrap();
+        u.push_reply(vec![7; 4], None).unwrap();
+        assert_eq!(&*u.pop().await.unwrap().frame, &[7; 4][..]);
         assert_eq!(dom.dropped.load(Ordering::Relaxed), 1);
         assert_eq!(dom.bytes(), 0);
         // Within its time it is delivered.
         let u = Outbox::new(pol(false, Duration::from_secs(3600)), dom.clone());
-        u.push_event(ev("/new"), false).unwrap();
-        assert_eq!(&*u.pop().await.unwrap(), &ev("/new")[..]);
+        u.push_event(ev("/new"), false, None).unwrap();
+        assert_eq!(&*u.pop().await.unwrap().frame, &ev("/new")[..]);
         // Privileged domains have no timeout.
         let p = Outbox::new(pol(true, Duration::ZERO), Arc::default());
-        p.push_event(ev("/old"), false).unwrap();
-        assert_eq!(&*p.pop().await.unwrap(), &ev("/old")[..]);
+        p.push_event(ev("/old"), false, None).unwrap();
+        assert_eq!(&*p.pop().await.unwrap().frame, &ev("/old")[..]);
+    }
+
+    #[tokio::test]
+    async fn outstanding_requests_hold_the_domain_until_their_events_go() {
+        let dom = Arc::new(DomainUse::default());
+        let g = Outbox::new(
+            Policy {
+                outstanding_max: 2,
+                ..policy(false, 1 << 20, 1 << 20)
+            },
+            dom.clone(),
+        );
+        let watcher = Outbox::new(policy(true, 0, 1 << 20), Arc::default());
+        for i in 0..2u8 {
+            let r = Outstanding::new(dom.clone());
+            g.push_reply(vec![i], Some(r.clone())).unwrap();
+            watcher
+                .push_event(ev(&format!("/x/{i}")), false, Some(r))
+                .unwrap();
+        }
+        // A merged event holds nothing.
+        let r = Outstanding::new(dom.clone());
+        watcher.push_event(ev("/x/0"), false, Some(r)).unwrap();
+        assert_eq!(dom.outstanding(), 2);
+        // The guest has its replies, but the watcher has not read the
+        // events: the guest's next request waits.
+        drop(g.pop().await);
+        drop(g.pop().await);
+        assert_eq!(dom.outstanding(), 2);
+        let g2 = g.clone();
+        let waiter = tokio::spawn(async move { g2.wait_room().await });
+        drop(watcher.pop().await.unwrap());
+        assert!(waiter.await.unwrap());
+        assert_eq!(dom.outstanding(), 1);
     }
 }

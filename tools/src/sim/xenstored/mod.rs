@@ -10,16 +10,16 @@
 //! Output a client has not read yet follows the C daemon's rules (see
 //! `conn`): identical queued watch events merge; an unprivileged domain's
 //! events are dropped over its quota or after a timeout, and its requests
-//! wait while it is over quota; nobody is disconnected for reading slowly,
-//! except past a large per-connection bound that only a stuck dom0 client
-//! reaches (real xenstored would let that queue grow).
+//! wait while it is over quota or has too many outstanding; nobody is
+//! disconnected for reading slowly, except past a large per-connection bound
+//! that only a stuck dom0 client reaches (real xenstored would let that
+//! queue grow).
 //!
 //! Differences from the C daemon, on purpose: the memory quota counts only
 //! queued output (not nodes, watches or transactions); no request-rate
-//! limiting and no outstanding-request quota (the number of connections per
-//! guest is bounded instead); no SET_TARGET or CONTROL; and perm entries
-//! naming a dead domain are marked ignored at release rather than lazily by
-//! generation.
+//! limiting (the number of connections per guest is bounded instead); no
+//! SET_TARGET or CONTROL; and perm entries naming a dead domain are marked
+//! ignored at release rather than lazily by generation.
 
 mod conn;
 mod ops;
@@ -66,6 +66,10 @@ pub struct XenstoredConfig {
     /// How long an unprivileged domain's watch event may wait to be read
     /// before it is dropped (`-w`, default 20 s); `None` never.
     pub watch_event_timeout: Option<Duration>,
+    /// Requests of an unprivileged domain whose reply or watch events are
+    /// still queued, past which its requests are not read (`-Q
+    /// outstanding`, default 20).
+    pub outstanding_max: usize,
     /// Bytes queued for one connection past which it is closed. Not in the
     /// C daemon (dom0's queue grows there): the simulation's bound against a
     /// stuck dom0 client, far above what a live one needs.
@@ -88,6 +92,7 @@ impl Default for XenstoredConfig {
             path_len_max: wire::REL_PATH_MAX,
             domain_quota: 2 * 1024 * 1024 + 512 * 1024,
             watch_event_timeout: Some(Duration::from_secs(20)),
+            outstanding_max: 20,
             out_queue_max: 16 * 1024 * 1024,
             conns_per_domain: 64,
         }
@@ -125,6 +130,8 @@ pub struct DomainStats {
     /// identical queued one, since the domain was first seen.
     pub events_dropped: u64,
     pub events_merged: u64,
+    /// Its requests whose reply or events are still queued.
+    pub outstanding: usize,
 }
 
 /// Counters for status output and leak checks.
@@ -242,6 +249,7 @@ impl Xenstored {
             e.queued_bytes = dom.usage.bytes();
             e.events_dropped = dom.usage.dropped.load(Ordering::Relaxed);
             e.events_merged = dom.usage.merged.load(Ordering::Relaxed);
+            e.outstanding = dom.usage.outstanding();
         }
         for (&d, &n) in s.tree.owner_counts() {
             domains.entry(d).or_default().nodes = n;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch as tokio_watch;
 
-use super::conn::{DomainUse, Fate, Outbox, Policy};
+use super::conn::{DomainUse, Fate, Outbox, Outstanding, Policy};
 use super::perms::{Perms, OWNER, READ, WRITE};
 use super::tree::{self, Node, Tree};
 use super::txn::{self, Caller, Txn, View};
@@ -120,6 +120,9 @@ pub struct State {
     /// Events to queue right after the current reply (a new watch's first
     /// one): connection, frame, whether it is an `@` event.
     after_reply: Vec<(u64, Vec<u8>, bool)>,
+    /// The unprivileged request being handled: its reply and the events it
+    /// causes hold it outstanding.
+    current: Option<Arc<Outstanding>>,
 }
 
 type Reply = Result<Vec<u8>, Errno>;
@@ -176,6 +179,7 @@ impl State {
                 suppressed: 0,
             },
             after_reply: Vec::new(),
+            current: None,
         };
         // What xenstored creates itself, then what xen-init-dom0 writes.
         let dom0 = Caller {
@@ -243,6 +247,7 @@ impl State {
             privileged: domid == 0,
             domain_quota: self.cfg.domain_quota,
             event_timeout: self.cfg.watch_event_timeout,
+            outstanding_max: self.cfg.outstanding_max,
             conn_max: self.cfg.out_queue_max,
         };
         let outbox = Outbox::new(policy, usage);
@@ -288,6 +293,12 @@ impl State {
         };
         let h = frame.header;
         let domid = conn.domid;
+        if domid != 0 {
+            self.current = self
+                .domains
+                .get(&domid)
+                .map(|d| Outstanding::new(d.usage.clone()));
+        }
         let result = self.dispatch(id, &frame);
         let (ty, payload) = match result {
             Ok((ty, p)) if p.len() <= PAYLOAD_MAX => (ty, p),
@@ -304,6 +315,8 @@ impl State {
             payload.push(0);
         }
         self.send(id, wire::encode(ty, h.req_id, h.tx_id, &payload), None);
+        // A new watch's first event is nobody's request's, as in C.
+        self.current = None;
         for (to, f, special) in std::mem::take(&mut self.after_reply) {
             self.send(to, f, Some(special));
         }
@@ -317,9 +330,10 @@ impl State {
         let Some(c) = self.conns.get(&id) else {
             return;
         };
+        let req = self.current.clone();
         let pushed = match event {
-            None => c.outbox.push_reply(frame),
-            Some(special) => c.outbox.push_event(frame, special),
+            None => c.outbox.push_reply(frame, req),
+            Some(special) => c.outbox.push_event(frame, special, req),
         };
         match pushed {
             Ok(Fate::Queued) => {
