@@ -5,6 +5,9 @@
 //! with that group. The directory is the real gate (connecting needs search
 //! permission on it); the socket modes back it up. Everything is removed when
 //! the guest goes, and a directory left by a previous backend is replaced.
+//! A backend killed with -9 cleans nothing up: at start-up the next one
+//! removes the guest directories nobody serves any more (see
+//! [`remove_stale_guests`]).
 
 use std::fs::{DirBuilder, Permissions};
 use std::io;
@@ -25,12 +28,115 @@ fn chgrp(p: &Path, gid: u32) -> io::Result<()> {
     nix::unistd::chown(p, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(io::Error::from)
 }
 
-/// Makes `run_dir` (0755, so group members can reach their guests' directories).
+/// Makes `run_dir` (0755, so group members can reach their guests' directories)
+/// and removes the guest directories an earlier backend left behind.
 pub fn prepare_run_dir(run_dir: &Path) -> io::Result<()> {
     DirBuilder::new()
         .recursive(true)
         .mode(0o755)
-        .create(run_dir)
+        .create(run_dir)?;
+    match remove_stale_guests(run_dir) {
+        Ok(gone) if gone.is_empty() => {}
+        Ok(gone) => {
+            let shown: Vec<String> = gone
+                .iter()
+                .take(STALE_NAMES_LOGGED)
+                .map(|n| n.escape_debug().to_string())
+                .collect();
+            tracing::info!(
+                run_dir = %run_dir.display(),
+                count = gone.len(),
+                "removed stale socket directories of guests no longer served: {}{}",
+                shown.join(" "),
+                if gone.len() > shown.len() { " ..." } else { "" }
+            );
+        }
+        // Not fatal: what is stale only gets in the way of a guest whose
+        // directory is about to be replaced anyway.
+        Err(e) => {
+            tracing::warn!(run_dir = %run_dir.display(), "cannot clear stale socket directories: {e}")
+        }
+    }
+    Ok(())
+}
+
+/// Names of removed directories put in the log line.
+const STALE_NAMES_LOGGED: usize = 8;
+
+/// Removes, from `run_dir`, the guest directories that are ours and dead:
+/// real directories owned by this user that hold only `<service>.sock`
+/// sockets, none of which has a listener (a connect is refused). Anything
+/// else there (the control socket, other programs' files, a directory with
+/// other content or a live socket) is left alone. Returns the names removed.
+///
+/// At start-up no guest of this backend is live yet, so a dead directory
+/// belongs to a domain that is gone, or to one whose sockets will be made
+/// afresh when its agent is reached.
+pub fn remove_stale_guests(run_dir: &Path) -> io::Result<Vec<String>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let me = nix::unistd::geteuid().as_raw();
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(run_dir)? {
+        let entry = entry?;
+        // symlink_metadata: a link is never followed, never removed.
+        let Ok(m) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if !m.is_dir() || m.uid() != me {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(inner) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut sockets = 0usize;
+        let mut ours = true;
+        for e in inner {
+            let Ok(e) = e else {
+                ours = false;
+                break;
+            };
+            let p = e.path();
+            let is_dead_socket = std::fs::symlink_metadata(&p)
+                .is_ok_and(|m| m.file_type().is_socket() && m.uid() == me)
+                && p.extension().is_some_and(|x| x == "sock")
+                && !listening(&p);
+            if !is_dead_socket {
+                ours = false;
+                break;
+            }
+            sockets += 1;
+        }
+        if !ours || sockets == 0 {
+            continue;
+        }
+        std::fs::remove_dir_all(&dir)?;
+        removed.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// Whether a process listens on the unix socket at `path`. A non-blocking
+/// connect never waits: refused means nobody listens; anything else
+/// (accepted, backlog full, no permission) counts as live.
+fn listening(path: &Path) -> bool {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let Ok(addr) = UnixAddr::new(path) else {
+        return true;
+    };
+    let Ok(fd) = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return true;
+    };
+    !matches!(
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr),
+        Err(nix::errno::Errno::ECONNREFUSED)
+    )
 }
 
 impl GuestSockets {

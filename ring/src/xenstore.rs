@@ -20,6 +20,11 @@ use crate::{Error, Result};
 
 /// A stream of watch events: each item is the path that fired. The first event
 /// fires at registration, as xenstored does.
+///
+/// Events may be merged or lost (xenstored itself merges identical queued
+/// events and may drop some; [`XsClient`] merges too), so a consumer treats
+/// an event as "look again", never as a count. When [`XsClient`] had to drop
+/// events it yields the watched path itself: re-list everything below it.
 pub type WatchStream = Pin<Box<dyn Stream<Item = String> + Send>>;
 
 /// The xenstore operations the daemons need.
@@ -133,7 +138,132 @@ impl Xenstore for XsClient {
             .timed("watch", path, self.inner.watch(path))
             .await?
             .map_err(|e| xs_err("watch", path, e))?;
-        Ok(Box::pin(w.map(String::from)))
+        Ok(Box::pin(Drained::spawn(
+            w.map(String::from),
+            path.to_owned(),
+            PENDING_MAX,
+        )))
+    }
+}
+
+/// Distinct paths a watch holds for a slow consumer before it gives up on
+/// them and asks for a re-list instead.
+pub const PENDING_MAX: usize = 1024;
+
+/// A watch drained by its own task into a small merged set.
+///
+/// `xenstore-rs` hands every event of a connection, and every reply, through
+/// one task that waits whenever a watch's 8-slot channel is full: one
+/// consumer that is slow for a moment stalls the whole connection, replies
+/// included, while xenstored queues more for it. Draining at once into a set
+/// of distinct paths keeps the connection moving whatever the consumer does,
+/// in bounded memory.
+struct Drained {
+    shared: Arc<Mutex<Pending>>,
+    task: tokio::task::JoinHandle<()>,
+    /// The watched path, yielded after a loss.
+    root: String,
+}
+
+struct Pending {
+    /// Distinct paths in arrival order.
+    order: std::collections::VecDeque<String>,
+    set: std::collections::HashSet<String>,
+    /// Events were dropped: the next item is the watched path.
+    lost: bool,
+    ended: bool,
+    waker: Option<std::task::Waker>,
+}
+
+impl Pending {
+    fn lock(m: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl Drained {
+    fn spawn(
+        mut inner: impl Stream<Item = String> + Send + Unpin + 'static,
+        root: String,
+        max: usize,
+    ) -> Self {
+        let shared = Arc::new(Mutex::new(Pending {
+            order: Default::default(),
+            set: Default::default(),
+            lost: false,
+            ended: false,
+            waker: None,
+        }));
+        let sh = shared.clone();
+        let root2 = root.clone();
+        let task = tokio::spawn(async move {
+            let root = root2;
+            let mut lost_count = 0u64;
+            while let Some(p) = inner.next().await {
+                let mut g = Pending::lock(&sh);
+                if g.lost || g.set.contains(&p) {
+                    // Already covered by a queued event or the re-list.
+                } else if g.set.len() >= max {
+                    g.order.clear();
+                    g.set.clear();
+                    g.lost = true;
+                    lost_count += 1;
+                    if lost_count == 1 || lost_count.is_power_of_two() {
+                        tracing::warn!(
+                            watch = %root.escape_debug(),
+                            times = lost_count,
+                            "watch consumer fell behind {max} distinct events: it will re-list"
+                        );
+                    }
+                } else {
+                    g.set.insert(p.clone());
+                    g.order.push_back(p);
+                }
+                g.wake();
+            }
+            let mut g = Pending::lock(&sh);
+            g.ended = true;
+            g.wake();
+        });
+        Drained { shared, task, root }
+    }
+}
+
+impl Stream for Drained {
+    type Item = String;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<String>> {
+        use std::task::Poll;
+        let mut g = Pending::lock(&self.shared);
+        if g.lost {
+            g.lost = false;
+            return Poll::Ready(Some(self.root.clone()));
+        }
+        if let Some(p) = g.order.pop_front() {
+            g.set.remove(&p);
+            return Poll::Ready(Some(p));
+        }
+        if g.ended {
+            return Poll::Ready(None);
+        }
+        g.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        // Dropping the inner watch (with the task) unregisters it.
+        self.task.abort();
     }
 }
 
@@ -251,5 +381,67 @@ mod tests {
         s.rm("/local/domain/1").await.unwrap();
         assert_eq!(s.read("/local/domain/1/data/x").await.unwrap(), None);
         assert_eq!(w.next().await.as_deref(), Some("/local/domain/1/data"));
+    }
+
+    /// A source like `xenstore-rs`'s: an 8-slot channel whose sender waits
+    /// when it is full.
+    fn source() -> (
+        mpsc::Sender<String>,
+        impl Stream<Item = String> + Send + Unpin,
+    ) {
+        let (tx, mut rx) = mpsc::channel::<String>(8);
+        (
+            tx,
+            Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))),
+        )
+    }
+
+    /// Returns once the drain task has taken everything sent so far: all 8
+    /// slots are free again.
+    async fn drained(tx: &mpsc::Sender<String>) {
+        drop(tx.reserve_many(8).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn drained_watch_never_holds_up_the_source() {
+        let (tx, rx) = source();
+        let mut w = Drained::spawn(rx, "/w".into(), 16);
+        // Far more events than the channel holds, nobody polling: the sends
+        // complete because the drain task takes them at once.
+        for i in 0..1000 {
+            tx.send(format!("/w/{}", i % 10)).await.unwrap();
+        }
+        drained(&tx).await;
+        drop(tx);
+        // Ten distinct paths, merged, in arrival order.
+        let got: Vec<String> = w.by_ref().collect().await;
+        let want: Vec<String> = (0..10).map(|i| format!("/w/{i}")).collect();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn drained_watch_asks_for_a_relist_after_a_loss() {
+        let (tx, rx) = source();
+        let mut w = Drained::spawn(rx, "/w".into(), 4);
+        for i in 0..100 {
+            tx.send(format!("/w/{i}")).await.unwrap();
+        }
+        drained(&tx).await;
+        // The loss is reported by the watched path; what came before is
+        // covered by it.
+        assert_eq!(w.next().await.as_deref(), Some("/w"));
+        tx.send("/w/after".into()).await.unwrap();
+        assert_eq!(w.next().await.as_deref(), Some("/w/after"));
+        drop(tx);
+        assert_eq!(w.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_drained_watch_drops_the_source() {
+        let (tx, rx) = source();
+        let w = Drained::spawn(rx, "/w".into(), 4);
+        drop(w);
+        // The drain task was stopped and the source dropped with it.
+        tx.closed().await;
     }
 }

@@ -165,6 +165,16 @@ impl Raw {
             .unwrap()
     }
 
+    /// The next watch event's path (events kept by `req` first).
+    async fn next_event(&mut self) -> String {
+        if !self.events.is_empty() {
+            return self.events.remove(0).0;
+        }
+        let (t, _, _, body) = self.read_frame().await.expect("connection closed");
+        assert_eq!(t, MsgType::WatchEvent as u32, "only events were due");
+        String::from_utf8_lossy(wire::strings(&body)[0]).into_owned()
+    }
+
     /// Reads until EOF; returns the bytes seen.
     async fn drain(&mut self) -> usize {
         let mut buf = vec![0u8; 65536];
@@ -667,8 +677,121 @@ async fn malformed_input_is_contained() {
     assert_eq!(sim.tool_ok(0, "xenstore-read", &["/k"]).await, "v\n");
 }
 
+/// As C xenstored: a dom0 client that reads slowly keeps its connection and
+/// gets every distinct event, in order; repeats of an event still queued are
+/// merged into it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_reader_is_dropped() {
+async fn slow_dom0_reader_keeps_everything_but_repeats() {
+    let sim = Sim::new(XenstoredConfig::default());
+    let mut d0 = Raw::connect(&sim.sock(0)).await;
+    d0.write(0, "/flood", "").await;
+    let mut slow = Raw::connect(&sim.sock(0)).await;
+    slow.watch("/flood", "t").await;
+    // 2 MB of distinct events: far more than a socket buffer holds, so the
+    // later ones wait in the daemon's queue.
+    let long = "a".repeat(1000);
+    let n = 2000;
+    for i in 0..n {
+        d0.write(0, &format!("/flood/{i}{long}"), "").await;
+    }
+    for _ in 0..500 {
+        d0.write(0, "/flood/same", "x").await;
+    }
+    d0.write(0, "/flood/end", "").await;
+    let st = sim.xsd.stats().domains[&0].clone();
+    assert_eq!(st.connections, 2, "{st:?}");
+    assert_eq!(st.events_merged, 499, "{st:?}");
+    assert_eq!(st.events_dropped, 0, "{st:?}");
+
+    assert_eq!(slow.next_event().await, "/flood");
+    for i in 0..n {
+        assert_eq!(slow.next_event().await, format!("/flood/{i}{long}"));
+    }
+    assert_eq!(slow.next_event().await, "/flood/same");
+    assert_eq!(slow.next_event().await, "/flood/end");
+    assert_eq!(sim.xsd.stats().domains[&0].queued_bytes, 0);
+}
+
+/// As C xenstored: a guest that reads slowly loses the watch events over
+/// its domain's quota, not its connection, and dom0 is never held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_guest_reader_loses_events_over_quota() {
+    let quota = 32 * 1024;
+    let sim = Sim::new(XenstoredConfig {
+        domain_quota: quota,
+        ..XenstoredConfig::default()
+    });
+    let _served = sim.guest(5, "g").await;
+    let mut g = Raw::connect(&sim.sock(5)).await;
+    g.watch("data", "t").await;
+    let mut d0 = Raw::connect(&sim.sock(0)).await;
+    let long = "b".repeat(1000);
+    let n = 2000;
+    for i in 0..n {
+        d0.write(0, &format!("/local/domain/5/data/{i}{long}"), "")
+            .await;
+    }
+    let st = sim.xsd.stats().domains[&5].clone();
+    assert_eq!(st.connections, 1, "{st:?}");
+    assert!(st.events_dropped > 0, "{st:?}");
+    assert!(st.queued_bytes <= quota, "{st:?}");
+    // The guest is still served once it reads what was kept for it.
+    assert_eq!(g.read(0, "name").await, Ok("g".into()));
+    let kept = g.events.len();
+    assert!(kept > 1 && kept < n, "{kept}");
+    assert_eq!(g.events[0].0, "data");
+    let st = sim.xsd.stats().domains[&5].clone();
+    assert_eq!(st.events_dropped as usize + kept, n + 1, "{st:?}");
+}
+
+/// As C xenstored: a guest's request stays outstanding until the watch
+/// events it caused are read, even by dom0; with 20 outstanding the guest
+/// waits, and dom0 does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_writes_wait_for_a_slow_watcher() {
+    let sim = Sim::new(XenstoredConfig::default());
+    let _served = sim.guest(5, "g").await;
+    let mut d0 = Raw::connect(&sim.sock(0)).await;
+    d0.write(0, "/flood", "").await;
+    let mut slow = Raw::connect(&sim.sock(0)).await;
+    slow.watch("/flood", "f").await;
+    slow.watch("/local/domain/5/data", "t").await;
+    // Fill the slow reader's socket with events no guest caused.
+    let long = "a".repeat(1000);
+    for i in 0..2000 {
+        d0.write(0, &format!("/flood/{i}{long}"), "").await;
+    }
+    // The guest sends 100 writes at once.
+    let mut g = Raw::connect(&sim.sock(5)).await;
+    let n = 100u32;
+    let mut burst = Vec::new();
+    for i in 0..n {
+        burst.extend(wire::encode(
+            MsgType::Write,
+            i + 1,
+            0,
+            format!("data/k{i}\0v").as_bytes(),
+        ));
+    }
+    g.s.write_all(&burst).await.unwrap();
+    // dom0 goes on, and sees at most 20 of them done.
+    let done = d0
+        .ok(MsgType::Directory, 0, &z("/local/domain/5/data"))
+        .await;
+    let done = wire::strings(&done).len();
+    assert!(done <= 20, "{done}");
+    assert!(sim.xsd.stats().domains[&5].outstanding <= 20);
+    // Once the watcher reads, every write goes through.
+    while slow.next_event().await != format!("/local/domain/5/data/k{}", n - 1) {}
+    for i in 0..n {
+        assert_eq!(g.reply(i + 1, 0).await.0, MsgType::Write as u32);
+    }
+}
+
+/// A dom0 client that does not read at all is closed past the simulation's
+/// own bound (the C daemon would let its queue grow); the writer goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_dom0_reader_hits_the_sim_bound() {
     let cfg = XenstoredConfig {
         out_queue_max: 64 * 1024,
         ..XenstoredConfig::default()

@@ -7,11 +7,19 @@
 //! through `XENSTORED_PATH`, which both libxenstore (the `xenstore-*` tools)
 //! and the `xenstore-rs` crate honour.
 //!
-//! Differences from the C daemon, on purpose: no per-domain memory quota or
-//! request-rate limiting (the outgoing queue of each connection and the
-//! number of connections per guest are bounded instead), no SET_TARGET or
-//! CONTROL, and perm entries naming a dead domain are marked ignored at
-//! release rather than lazily by generation.
+//! Output a client has not read yet follows the C daemon's rules (see
+//! `conn`): identical queued watch events merge; an unprivileged domain's
+//! events are dropped over its quota or after a timeout, and its requests
+//! wait while it is over quota or has too many outstanding; nobody is
+//! disconnected for reading slowly, except past a large per-connection bound
+//! that only a stuck dom0 client reaches (real xenstored would let that
+//! queue grow).
+//!
+//! Differences from the C daemon, on purpose: the memory quota counts only
+//! queued output (not nodes, watches or transactions); no request-rate
+//! limiting (the number of connections per guest is bounded instead); no
+//! SET_TARGET or CONTROL; and perm entries naming a dead domain are marked
+//! ignored at release rather than lazily by generation.
 
 mod conn;
 mod ops;
@@ -22,7 +30,9 @@ mod watch;
 pub mod wire;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::net::UnixListener;
@@ -48,8 +58,21 @@ pub struct XenstoredConfig {
     pub transaction_nodes_max: usize,
     /// Longest path below a domain's home (`-M`, default 2048).
     pub path_len_max: usize,
-    /// Bytes of replies and events queued for one connection before it is
-    /// dropped as a slow reader.
+    /// Hard quota of an unprivileged domain's queued output (replies and
+    /// events on all its connections): events over it are dropped and its
+    /// requests wait (`-Q memory`, default 2.5 MiB; in C it also counts the
+    /// domain's nodes, watches and transactions).
+    pub domain_quota: usize,
+    /// How long an unprivileged domain's watch event may wait to be read
+    /// before it is dropped (`-w`, default 20 s); `None` never.
+    pub watch_event_timeout: Option<Duration>,
+    /// Requests of an unprivileged domain whose reply or watch events are
+    /// still queued, past which its requests are not read (`-Q
+    /// outstanding`, default 20).
+    pub outstanding_max: usize,
+    /// Bytes queued for one connection past which it is closed. Not in the
+    /// C daemon (dom0's queue grows there): the simulation's bound against a
+    /// stuck dom0 client, far above what a live one needs.
     pub out_queue_max: usize,
     /// Connections an unprivileged domain may hold at once (a real domain
     /// has one ring; here a guest is a set of processes). Extra ones are
@@ -67,7 +90,10 @@ impl Default for XenstoredConfig {
             perms_per_node: 5,
             transaction_nodes_max: 1024,
             path_len_max: wire::REL_PATH_MAX,
-            out_queue_max: 256 * 1024,
+            domain_quota: 2 * 1024 * 1024 + 512 * 1024,
+            watch_event_timeout: Some(Duration::from_secs(20)),
+            outstanding_max: 20,
+            out_queue_max: 16 * 1024 * 1024,
             conns_per_domain: 64,
         }
     }
@@ -98,6 +124,14 @@ pub struct DomainStats {
     pub watches: usize,
     pub transactions: usize,
     pub connections: usize,
+    /// Bytes of replies and events queued for its connections.
+    pub queued_bytes: usize,
+    /// Watch events dropped (over quota or timed out) and merged into an
+    /// identical queued one, since the domain was first seen.
+    pub events_dropped: u64,
+    pub events_merged: u64,
+    /// Its requests whose reply or events are still queued.
+    pub outstanding: usize,
 }
 
 /// Counters for status output and leak checks.
@@ -210,7 +244,12 @@ impl Xenstored {
         let s = self.lock();
         let mut domains: BTreeMap<u32, DomainStats> = BTreeMap::new();
         for (&d, dom) in &s.domains {
-            domains.entry(d).or_default().introduced = dom.introduced;
+            let e = domains.entry(d).or_default();
+            e.introduced = dom.introduced;
+            e.queued_bytes = dom.usage.bytes();
+            e.events_dropped = dom.usage.dropped.load(Ordering::Relaxed);
+            e.events_merged = dom.usage.merged.load(Ordering::Relaxed);
+            e.outstanding = dom.usage.outstanding();
         }
         for (&d, &n) in s.tree.owner_counts() {
             domains.entry(d).or_default().nodes = n;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch as tokio_watch;
 
-use super::conn::Outbox;
+use super::conn::{DomainUse, Fate, Outbox, Outstanding, Policy};
 use super::perms::{Perms, OWNER, READ, WRITE};
 use super::tree::{self, Node, Tree};
 use super::txn::{self, Caller, Txn, View};
@@ -27,6 +27,8 @@ pub const RELEASE_DOMAIN: &str = "@releaseDomain";
 pub struct Conn {
     pub domid: u32,
     pub pid: Option<i32>,
+    /// The peer's command name at connect time, for log lines.
+    pub comm: Option<String>,
     pub watches: Vec<Watch>,
     pub txns: HashMap<u32, Txn>,
     next_txid: u32,
@@ -39,6 +41,27 @@ impl Conn {
             domid: self.domid,
             privileged: self.domid == 0,
         }
+    }
+
+    /// Who the peer is, for log lines: pid and command name (from
+    /// SO_PEERCRED and the kernel), and its watches (the first few paths).
+    pub fn describe(&self) -> String {
+        let mut paths: Vec<String> = self
+            .watches
+            .iter()
+            .take(4)
+            .map(|w| w.path.chars().take(64).collect())
+            .collect();
+        if self.watches.len() > 4 {
+            paths.push("...".into());
+        }
+        format!(
+            "pid {} ({}), {} watches [{}]",
+            self.pid.map_or_else(|| "?".into(), |p| p.to_string()),
+            self.comm.as_deref().unwrap_or("?").escape_debug(),
+            self.watches.len(),
+            paths.join(" "),
+        )
     }
 
     fn home(&self) -> String {
@@ -55,11 +78,24 @@ impl Conn {
     }
 }
 
+/// The command name of process `pid` (at most 16 bytes, kernel-provided).
+fn comm_of(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
+    let s: String = String::from_utf8_lossy(&raw[..raw.len().min(16)])
+        .trim_end()
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    Some(s)
+}
+
 /// A domain the daemon knows about.
 pub struct Domain {
     pub introduced: bool,
     /// Set to `true` when the domain is released; `serve` stops on it.
     pub released: tokio_watch::Sender<bool>,
+    /// Output queued for its connections, against its quota.
+    pub usage: Arc<DomainUse>,
 }
 
 /// Bounded logging of bad input: a burst per window, then one summary.
@@ -81,8 +117,12 @@ pub struct State {
     pub domains: BTreeMap<u32, Domain>,
     special: HashMap<&'static str, Perms>,
     log: LogLimit,
-    /// Frames to queue right after the current reply (a new watch's event).
-    after_reply: Vec<(u64, Vec<u8>)>,
+    /// Events to queue right after the current reply (a new watch's first
+    /// one): connection, frame, whether it is an `@` event.
+    after_reply: Vec<(u64, Vec<u8>, bool)>,
+    /// The unprivileged request being handled: its reply and the events it
+    /// causes hold it outstanding.
+    current: Option<Arc<Outstanding>>,
 }
 
 type Reply = Result<Vec<u8>, Errno>;
@@ -120,6 +160,7 @@ impl State {
             Domain {
                 introduced: true,
                 released: tokio_watch::channel(false).0,
+                usage: Arc::default(),
             },
         );
         let mut special = HashMap::new();
@@ -138,6 +179,7 @@ impl State {
                 suppressed: 0,
             },
             after_reply: Vec::new(),
+            current: None,
         };
         // What xenstored creates itself, then what xen-init-dom0 writes.
         let dom0 = Caller {
@@ -160,12 +202,18 @@ impl State {
 
     /// Logs bad input from a peer, at most a burst per window.
     pub fn bad_input(&mut self, conn: u64, domid: u32, what: std::fmt::Arguments<'_>) {
+        self.peer_warn(conn, domid, format_args!("bad input: {what}"));
+    }
+
+    /// Logs something a peer caused, at most a burst per window (shared
+    /// with bad input).
+    fn peer_warn(&mut self, conn: u64, domid: u32, what: std::fmt::Arguments<'_>) {
         let now = Instant::now();
         if now.duration_since(self.log.window) >= LOG_WINDOW {
             if self.log.suppressed > 0 {
                 tracing::warn!(
                     suppressed = self.log.suppressed,
-                    "xenstored: bad-input messages suppressed"
+                    "xenstored: peer-caused messages suppressed"
                 );
             }
             self.log.window = now;
@@ -174,7 +222,7 @@ impl State {
         }
         if self.log.count < LOG_BURST {
             self.log.count += 1;
-            tracing::warn!(conn, domid, "xenstored: bad input: {what}");
+            tracing::warn!(conn, domid, "xenstored: {what}");
         } else {
             self.log.suppressed += 1;
         }
@@ -192,14 +240,23 @@ impl State {
             self.bad_input(0, domid, format_args!("too many connections, refusing one"));
             return None;
         }
+        let usage = d.usage.clone();
         let id = self.next_conn;
         self.next_conn += 1;
-        let outbox = Outbox::new(self.cfg.out_queue_max);
+        let policy = Policy {
+            privileged: domid == 0,
+            domain_quota: self.cfg.domain_quota,
+            event_timeout: self.cfg.watch_event_timeout,
+            outstanding_max: self.cfg.outstanding_max,
+            conn_max: self.cfg.out_queue_max,
+        };
+        let outbox = Outbox::new(policy, usage);
         self.conns.insert(
             id,
             Conn {
                 domid,
                 pid,
+                comm: pid.and_then(comm_of),
                 watches: Vec::new(),
                 txns: HashMap::new(),
                 next_txid: 1,
@@ -236,6 +293,12 @@ impl State {
         };
         let h = frame.header;
         let domid = conn.domid;
+        if domid != 0 {
+            self.current = self
+                .domains
+                .get(&domid)
+                .map(|d| Outstanding::new(d.usage.clone()));
+        }
         let result = self.dispatch(id, &frame);
         let (ty, payload) = match result {
             Ok((ty, p)) if p.len() <= PAYLOAD_MAX => (ty, p),
@@ -251,25 +314,71 @@ impl State {
         if ty == MsgType::Error {
             payload.push(0);
         }
-        self.send(id, wire::encode(ty, h.req_id, h.tx_id, &payload));
-        for (to, f) in std::mem::take(&mut self.after_reply) {
-            self.send(to, f);
+        self.send(id, wire::encode(ty, h.req_id, h.tx_id, &payload), None);
+        // A new watch's first event is nobody's request's, as in C.
+        self.current = None;
+        for (to, f, special) in std::mem::take(&mut self.after_reply) {
+            self.send(to, f, Some(special));
         }
     }
 
-    /// Queues a frame for a connection, dropping the connection on overflow.
-    fn send(&mut self, id: u64, frame: Vec<u8>) {
+    /// Queues a reply (`event` `None`) or a watch event (`Some(special)`) for
+    /// a connection; events may be merged or dropped as C xenstored does
+    /// (see `conn`). The connection is dropped only past the simulation's
+    /// own bound.
+    fn send(&mut self, id: u64, frame: Vec<u8>, event: Option<bool>) {
         let Some(c) = self.conns.get(&id) else {
             return;
         };
-        if !c.outbox.push(frame) {
-            let domid = c.domid;
-            self.bad_input(
-                id,
-                domid,
-                format_args!("outgoing queue overflow, disconnecting"),
-            );
-            self.drop_conn(id);
+        let req = self.current.clone();
+        let pushed = match event {
+            None => c.outbox.push_reply(frame, req),
+            Some(special) => c.outbox.push_event(frame, special, req),
+        };
+        match pushed {
+            Ok(Fate::Queued) => {
+                if let Some(b) = c.outbox.take_lag_report() {
+                    let domid = c.domid;
+                    let who = c.describe();
+                    self.peer_warn(
+                        id,
+                        domid,
+                        format_args!(
+                            "client falling behind: {who}, queued {} bytes in {} frames ({} watch events)",
+                            b.bytes, b.frames, b.events
+                        ),
+                    );
+                }
+            }
+            // Closed: the peer is gone (its reader drops the connection
+            // next); nothing overflowed.
+            Ok(Fate::Merged | Fate::Closed) => {}
+            Ok(Fate::Dropped) => {
+                let domid = c.domid;
+                let who = c.describe();
+                let (bytes, frames) = c.outbox.queued();
+                self.peer_warn(
+                    id,
+                    domid,
+                    format_args!(
+                        "domain over its quota of queued output, watch event dropped: {who}, this connection has {bytes} bytes in {frames} frames queued"
+                    ),
+                );
+            }
+            Err(b) => {
+                let c = &self.conns[&id];
+                let domid = c.domid;
+                let who = c.describe();
+                self.peer_warn(
+                    id,
+                    domid,
+                    format_args!(
+                        "outgoing queue overflow, disconnecting: {who}, queued {} bytes in {} frames ({} watch events)",
+                        b.bytes, b.frames, b.events
+                    ),
+                );
+                self.drop_conn(id);
+            }
         }
     }
 
@@ -623,11 +732,12 @@ impl State {
             relative_to,
         };
         let first = w.event_payload(&w.path);
+        let special = w.path.starts_with('@');
         let conn = self.conns.get_mut(&id).ok_or(Errno::Io)?;
         conn.watches.push(w);
         // Every new watch fires once, right after the ack.
         self.after_reply
-            .push((id, wire::encode(MsgType::WatchEvent, 0, 0, &first)));
+            .push((id, wire::encode(MsgType::WatchEvent, 0, 0, &first), special));
         ok()
     }
 
@@ -687,7 +797,7 @@ impl State {
 impl State {
     /// Delivers events to every watch they match, if the watcher may see them.
     pub fn fire(&mut self, events: &[Event]) {
-        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut out: Vec<(u64, Vec<u8>, bool)> = Vec::new();
         for ev in events {
             let special = ev.path.starts_with('@');
             for (&cid, c) in &self.conns {
@@ -710,13 +820,13 @@ impl State {
                     let body = w.event_payload(&ev.path);
                     // xenstored silently skips events too long to send.
                     if body.len() <= PAYLOAD_MAX {
-                        out.push((cid, wire::encode(MsgType::WatchEvent, 0, 0, &body)));
+                        out.push((cid, wire::encode(MsgType::WatchEvent, 0, 0, &body), special));
                     }
                 }
             }
         }
-        for (cid, f) in out {
-            self.send(cid, f);
+        for (cid, f, special) in out {
+            self.send(cid, f, Some(special));
         }
     }
 
@@ -725,6 +835,7 @@ impl State {
         let d = self.domains.entry(domid).or_insert_with(|| Domain {
             introduced: false,
             released: tokio_watch::channel(false).0,
+            usage: Arc::default(),
         });
         d.released.subscribe()
     }
