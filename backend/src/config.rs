@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use xenvt_ring::config::ConfigText;
+use xenvt_ring::config::{valid_rel_path, Bounds, ConfigText, Load, MAX_STREAMS, STREAM_BUF};
 
 use crate::{Error, Result};
 
@@ -35,6 +35,12 @@ use crate::{Error, Result};
 pub const DEFAULT_RUN_DIR: &str = "/run/xenvt";
 /// The control socket's file name in `run_dir` unless `[control] socket` says otherwise.
 pub const CONTROL_NAME: &str = "backend.ctl";
+/// `limits.hello_timeout_secs`: how long an agent has to answer our HELLO.
+const HELLO_SECS: Bounds<u64> = Bounds {
+    min: 1,
+    max: 300,
+    default: 5,
+};
 
 /// The checked configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -133,19 +139,7 @@ struct RawLimits {
     hello_timeout_secs: Option<u64>,
 }
 
-/// Whether `s` is a safe single file-name component: 1 to 64 of
-/// `A-Z a-z 0-9 . _ -`, not starting with a dot. Service and domain names become
-/// socket paths, so nothing else is allowed there.
-pub fn valid_name(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && !s.starts_with('.')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-fn valid_rel_path(p: &str) -> bool {
-    !p.is_empty() && p.len() <= 256 && p.split('/').all(valid_name)
-}
+pub use xenvt_ring::config::valid_name;
 
 impl Default for Config {
     fn default() -> Self {
@@ -153,48 +147,40 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    /// Reads and checks `file`.
-    pub fn load(file: &Path) -> Result<Config> {
-        let text = xenvt_ring::config::read(file)?;
-        Config::from_str_for(Some(file), &text)
-    }
+impl Load for Config {
+    type Error = Error;
 
-    /// Parses and checks `text`; `file` names it in errors.
-    pub fn from_str_for(file: Option<&Path>, text: &str) -> Result<Config> {
-        let src = ConfigText::new(file, text);
-        let bad =
-            |key: &str, problem: String, fix: &str| Error::Config(src.error(key, problem, fix));
-        // For keys under a name (which may hold dots).
-        let bad_at = |path: &[&str], problem: String, fix: &str| {
-            Error::Config(src.error_at(path, problem, fix))
-        };
+    fn check(src: &ConfigText<'_>) -> Result<Config> {
         let raw: Raw = src.parse()?;
         let run_dir = raw.run_dir.unwrap_or_else(|| DEFAULT_RUN_DIR.into());
         if !run_dir.is_absolute() {
-            return Err(bad(
-                "run_dir",
-                format!("run_dir {} is relative", run_dir.display()),
-                "set run_dir to an absolute path such as \"/run/xenvt\"",
-            ));
+            return Err(src
+                .error(
+                    "run_dir",
+                    format!("run_dir {} is relative", run_dir.display()),
+                    "set run_dir to an absolute path such as \"/run/xenvt\"",
+                )
+                .into());
         }
         let control = raw
             .control
             .socket
             .unwrap_or_else(|| run_dir.join(CONTROL_NAME));
         if !control.is_absolute() || control.file_name().is_none() {
-            return Err(bad(
-                "control.socket",
-                format!(
-                    "control.socket {} is not an absolute path",
-                    control.display()
-                ),
-                "set control.socket to an absolute path such as \"/run/xenvt/backend.ctl\"",
-            ));
+            return Err(src
+                .error(
+                    "control.socket",
+                    format!(
+                        "control.socket {} is not an absolute path",
+                        control.display()
+                    ),
+                    "set control.socket to an absolute path such as \"/run/xenvt/backend.ctl\"",
+                )
+                .into());
         }
         if let Some(a) = raw.control.listen {
             xenvt_ring::control::check_tcp(a).map_err(|m| {
-                bad(
+                src.error(
                     "control.listen",
                     format!("control.listen: {m}"),
                     "use a loopback address such as \"127.0.0.1:9101\" (the endpoint has no password)",
@@ -203,11 +189,11 @@ impl Config {
         }
         let channel_path = raw.channel_path.unwrap_or_else(|| "data/xenvt".into());
         if !valid_rel_path(&channel_path) {
-            return Err(bad(
+            return Err(src.error(
                 "channel_path",
                 format!("channel_path {channel_path:?} is not a relative xenstore path of plain components"),
                 "set channel_path to a relative path such as \"data/xenvt\" (the agent's channel.path)",
-            ));
+            ).into());
         }
         let domains = raw.domains.map(|v| {
             v.into_iter()
@@ -220,29 +206,29 @@ impl Config {
         let mut services = BTreeMap::new();
         for (name, s) in raw.services {
             if !valid_name(&name) {
-                return Err(bad_at(
+                return Err(src.error_at(
                     &["services", &name],
                     format!(
                         "service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')"
                     ),
                     "rename the service with those characters only",
-                ));
+                ).into());
             }
             if let Some(d) = &s.deliver {
                 if !d.is_absolute() {
-                    return Err(bad_at(
+                    return Err(src.error_at(
                         &["services", &name, "deliver"],
                         format!("services.{name}.deliver {} is relative", d.display()),
                         "set deliver to an absolute socket path such as \"/run/xenvt-proxy/vnc.sock\"",
-                    ));
+                    ).into());
                 }
             }
             if s.deliver.is_none() && !s.listen {
-                return Err(bad_at(
+                return Err(src.error_at(
                     &["services", &name],
                     format!("services.{name} neither delivers nor listens"),
                     "set deliver = \"/path/to/service.sock\" or listen = true, or remove the table",
-                ));
+                ).into());
             }
             services.insert(
                 name,
@@ -261,18 +247,22 @@ impl Config {
                     let gid = match nix::unistd::Group::from_name(&gname) {
                         Ok(Some(gr)) => gr.gid.as_raw(),
                         Ok(None) => {
-                            return Err(bad_at(
-                                &key,
-                                format!("guests.{name}.group: no group named {gname:?}"),
-                                "create the group (groupadd) or set an existing one",
-                            ))
+                            return Err(src
+                                .error_at(
+                                    &key,
+                                    format!("guests.{name}.group: no group named {gname:?}"),
+                                    "create the group (groupadd) or set an existing one",
+                                )
+                                .into())
                         }
                         Err(e) => {
-                            return Err(bad_at(
-                                &key,
-                                format!("guests.{name}.group {gname:?}: {e}"),
-                                "check the system's group database, or remove group",
-                            ))
+                            return Err(src
+                                .error_at(
+                                    &key,
+                                    format!("guests.{name}.group {gname:?}: {e}"),
+                                    "check the system's group database, or remove group",
+                                )
+                                .into())
                         }
                     };
                     Some((gname, gid))
@@ -280,32 +270,16 @@ impl Config {
             };
             guests.insert(name, GuestOpts { group });
         }
-        let max_streams = raw.limits.max_streams.unwrap_or(256);
-        if !(1..=65536).contains(&max_streams) {
-            return Err(bad(
-                "limits.max_streams",
-                format!("limits.max_streams {max_streams} is outside 1..=65536"),
-                "set limits.max_streams between 1 and 65536 (256 is the default)",
-            ));
-        }
-        let stream_buf = raw.limits.stream_buf.unwrap_or(256 << 10);
-        if !(4096..=(16 << 20)).contains(&stream_buf) {
-            return Err(bad(
-                "limits.stream_buf",
-                format!("limits.stream_buf {stream_buf} is outside 4096..=16777216"),
-                "set limits.stream_buf between 4096 and 16777216 (262144 is the default)",
-            ));
-        }
-        let hello = raw.limits.hello_timeout_secs.unwrap_or(5);
-        if !(1..=300).contains(&hello) {
-            return Err(bad(
-                "limits.hello_timeout_secs",
-                format!("limits.hello_timeout_secs {hello} is outside 1..=300"),
-                "set limits.hello_timeout_secs between 1 and 300 (5 is the default)",
-            ));
-        }
+        let l = raw.limits;
+        let max_streams = src.bounded("limits.max_streams", l.max_streams, MAX_STREAMS)?;
+        let stream_buf = src.bounded("limits.stream_buf", l.stream_buf, STREAM_BUF)?;
+        let hello = src.bounded(
+            "limits.hello_timeout_secs",
+            l.hello_timeout_secs,
+            HELLO_SECS,
+        )?;
         Ok(Config {
-            source: file.map(Path::to_owned),
+            source: src.file().map(Path::to_owned),
             run_dir,
             control,
             control_tcp: raw.control.listen,
@@ -318,7 +292,9 @@ impl Config {
             hello_timeout: Duration::from_secs(hello),
         })
     }
+}
 
+impl Config {
     /// Whether the guest `id` named `name` is one we serve.
     pub fn selects(&self, id: u16, name: Option<&str>) -> bool {
         match &self.domains {
@@ -446,13 +422,5 @@ mod tests {
         assert_eq!(c.run_dir, Path::new(DEFAULT_RUN_DIR));
         assert!(c.services["vnc"].listen);
         assert!(c.services["vnc"].deliver.is_some());
-    }
-
-    #[test]
-    fn names() {
-        assert!(valid_name("vm-1.a_b"));
-        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "é", &"x".repeat(65)] {
-            assert!(!valid_name(bad), "{bad:?}");
-        }
     }
 }

@@ -32,7 +32,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use xenvt_ring::config::ConfigText;
+use xenvt_ring::config::{
+    valid_name, valid_rel_path, Bounds, ConfigText, Load, MAX_STREAMS, STREAM_BUF,
+};
 
 use crate::{Error, Result};
 
@@ -40,6 +42,18 @@ use crate::{Error, Result};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5500";
 /// The default listener's service.
 pub const DEFAULT_SERVICE: &str = "vnc";
+/// `channel.ring_order`: 2^order bytes per direction, 1 KiB to 1 MiB.
+const RING_ORDER: Bounds<u8> = Bounds {
+    min: 10,
+    max: 20,
+    default: 17,
+};
+/// `hook.timeout_secs`: how long the hook may run before it is killed.
+const HOOK_SECS: Bounds<u64> = Bounds {
+    min: 1,
+    max: 3600,
+    default: 30,
+};
 
 /// The checked configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,69 +146,30 @@ struct RawLimits {
     stream_buf: Option<u32>,
 }
 
-/// Whether `s` is a usable service name: 1 to 64 of `A-Z a-z 0-9 . _ -`, not
-/// starting with a dot (the backend turns names into socket file names).
-pub fn valid_service(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && !s.starts_with('.')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-fn valid_rel_path(p: &str) -> bool {
-    !p.is_empty()
-        && p.len() <= 256
-        && !p.starts_with('/')
-        && p.split('/').all(|c| {
-            !c.is_empty()
-                && c != "."
-                && c != ".."
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        })
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config::from_str_for(None, "").unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
     }
 }
 
-impl Config {
-    /// Reads and checks `file`.
-    pub fn load(file: &Path) -> Result<Config> {
-        let text = xenvt_ring::config::read(file)?;
-        Config::from_str_for(Some(file), &text)
-    }
+impl Load for Config {
+    type Error = Error;
 
-    /// Parses and checks `text`; `file` names it in errors.
-    pub fn from_str_for(file: Option<&Path>, text: &str) -> Result<Config> {
-        let src = ConfigText::new(file, text);
-        let bad =
-            |key: &str, problem: String, fix: &str| Error::Config(src.error(key, problem, fix));
-        // For keys under a name (which may hold dots).
-        let bad_at = |path: &[&str], problem: String, fix: &str| {
-            Error::Config(src.error_at(path, problem, fix))
-        };
+    fn check(src: &ConfigText<'_>) -> Result<Config> {
         let raw: Raw = src.parse()?;
         let path = raw.channel.path.unwrap_or_else(|| "data/xenvt".into());
         if !valid_rel_path(&path) {
-            return Err(bad(
-                "channel.path",
-                format!(
-                    "channel.path {path:?} is not a relative xenstore path of plain components"
-                ),
-                "set channel.path to a relative path such as \"data/xenvt\"",
-            ));
+            return Err(src
+                .error(
+                    "channel.path",
+                    format!(
+                        "channel.path {path:?} is not a relative xenstore path of plain components"
+                    ),
+                    "set channel.path to a relative path such as \"data/xenvt\"",
+                )
+                .into());
         }
-        let ring_order = raw.channel.ring_order.unwrap_or(17);
-        if !(10..=20).contains(&ring_order) {
-            return Err(bad(
-                "channel.ring_order",
-                format!("channel.ring_order {ring_order} is outside 10..=20"),
-                "set channel.ring_order between 10 and 20 (17 is the default), or remove it",
-            ));
-        }
+        let ring_order = src.bounded("channel.ring_order", raw.channel.ring_order, RING_ORDER)?;
         let explicit = raw.listen.is_some();
         let raw_listen = raw.listen.unwrap_or_else(|| {
             vec![RawListen {
@@ -214,36 +189,42 @@ impl Config {
                 }
             };
             let address: SocketAddr = l.address.parse().map_err(|_| {
-                bad(
+                src.error(
                     &at("address"),
                     format!("listen address {:?} is not IP:PORT", l.address),
                     "set address to an IP:PORT such as \"127.0.0.1:5500\"",
                 )
             })?;
-            if !valid_service(&l.service) {
-                return Err(bad(
-                    &at("service"),
-                    format!(
-                        "listen service {:?} is not 1 to 64 of A-Z a-z 0-9 . _ -",
-                        l.service
-                    ),
-                    "rename the service with those characters only",
-                ));
+            if !valid_name(&l.service) {
+                return Err(src
+                    .error(
+                        &at("service"),
+                        format!(
+                            "listen service {:?} is not 1 to 64 of A-Z a-z 0-9 . _ -",
+                            l.service
+                        ),
+                        "rename the service with those characters only",
+                    )
+                    .into());
             }
             if !address.ip().is_loopback() && !l.public {
-                return Err(bad(
-                    &at("address"),
-                    format!("listen address {address} is not loopback"),
-                    "set public = true in this [[listen]] to expose it, or use 127.0.0.1",
-                ));
+                return Err(src
+                    .error(
+                        &at("address"),
+                        format!("listen address {address} is not loopback"),
+                        "set public = true in this [[listen]] to expose it, or use 127.0.0.1",
+                    )
+                    .into());
             }
             // Port 0 picks a free port each time, so only fixed ports can clash.
             if address.port() != 0 && !seen.insert(address) {
-                return Err(bad(
-                    &at("address"),
-                    format!("listen address {address} is given twice"),
-                    "remove one of the two [[listen]] entries or change its port",
-                ));
+                return Err(src
+                    .error(
+                        &at("address"),
+                        format!("listen address {address} is given twice"),
+                        "remove one of the two [[listen]] entries or change its port",
+                    )
+                    .into());
             }
             listen.push(Listen {
                 address,
@@ -252,15 +233,17 @@ impl Config {
         }
         let mut services = BTreeMap::new();
         for (name, s) in raw.services {
-            if !valid_service(&name) {
-                return Err(bad_at(
-                    &["services", &name],
-                    format!("service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ -"),
-                    "rename the service with those characters only",
-                ));
+            if !valid_name(&name) {
+                return Err(src
+                    .error_at(
+                        &["services", &name],
+                        format!("service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ -"),
+                        "rename the service with those characters only",
+                    )
+                    .into());
             }
             let addr: SocketAddr = s.connect.parse().map_err(|_| {
-                bad_at(
+                src.error_at(
                     &["services", &name, "connect"],
                     format!("services.{name}.connect {:?} is not IP:PORT", s.connect),
                     "set connect to an IP:PORT such as \"127.0.0.1:5900\"",
@@ -272,44 +255,26 @@ impl Config {
             None => None,
             Some(h) => {
                 if h.command.is_empty() || h.command[0].is_empty() {
-                    return Err(bad(
-                        "hook.command",
-                        "hook.command names no program".into(),
-                        "set hook.command to [\"program\", \"arg\", ...], or remove [hook]",
-                    ));
+                    return Err(src
+                        .error(
+                            "hook.command",
+                            "hook.command names no program",
+                            "set hook.command to [\"program\", \"arg\", ...], or remove [hook]",
+                        )
+                        .into());
                 }
-                let secs = h.timeout_secs.unwrap_or(30);
-                if !(1..=3600).contains(&secs) {
-                    return Err(bad(
-                        "hook.timeout_secs",
-                        format!("hook.timeout_secs {secs} is outside 1..=3600"),
-                        "set hook.timeout_secs between 1 and 3600",
-                    ));
-                }
+                let secs = src.bounded("hook.timeout_secs", h.timeout_secs, HOOK_SECS)?;
                 Some(Hook {
                     command: h.command,
                     timeout: Duration::from_secs(secs),
                 })
             }
         };
-        let max_streams = raw.limits.max_streams.unwrap_or(256);
-        if !(1..=65536).contains(&max_streams) {
-            return Err(bad(
-                "limits.max_streams",
-                format!("limits.max_streams {max_streams} is outside 1..=65536"),
-                "set limits.max_streams between 1 and 65536 (256 is the default)",
-            ));
-        }
-        let stream_buf = raw.limits.stream_buf.unwrap_or(256 << 10);
-        if !(4096..=(16 << 20)).contains(&stream_buf) {
-            return Err(bad(
-                "limits.stream_buf",
-                format!("limits.stream_buf {stream_buf} is outside 4096..=16777216"),
-                "set limits.stream_buf between 4096 and 16777216 (262144 is the default)",
-            ));
-        }
+        let l = raw.limits;
+        let max_streams = src.bounded("limits.max_streams", l.max_streams, MAX_STREAMS)?;
+        let stream_buf = src.bounded("limits.stream_buf", l.stream_buf, STREAM_BUF)?;
         Ok(Config {
-            source: file.map(Path::to_owned),
+            source: src.file().map(Path::to_owned),
             path,
             backend: raw.channel.backend.unwrap_or(0),
             ring_order,
@@ -420,14 +385,5 @@ mod tests {
         assert_eq!(c.listen[0].address, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(c.services["vnc"], "127.0.0.1:5900".parse().unwrap());
         assert!(c.hook.is_some());
-    }
-
-    #[test]
-    fn service_names() {
-        assert!(valid_service("vnc"));
-        assert!(valid_service("a-b_c.d"));
-        for bad in ["", ".x", "a/b", "a b", &"x".repeat(65)] {
-            assert!(!valid_service(bad), "{bad:?}");
-        }
     }
 }

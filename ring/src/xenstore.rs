@@ -81,17 +81,27 @@ impl XsClient {
         path: &str,
         f: impl Future<Output = io::Result<T>>,
     ) -> Result<io::Result<T>> {
-        tokio::time::timeout(self.deadline, f).await.map_err(|_| {
-            xs_err(
-                op,
-                path,
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no answer from xenstored in {:?}", self.deadline),
-                ),
-            )
-        })
+        within(self.deadline, op, path, f).await
     }
+}
+
+/// `f`'s output, or a xenstore error for `op` on `path` once `deadline` has passed.
+async fn within<T>(
+    deadline: Duration,
+    op: &'static str,
+    path: &str,
+    f: impl Future<Output = T>,
+) -> Result<T> {
+    tokio::time::timeout(deadline, f).await.map_err(|_| {
+        xs_err(
+            op,
+            path,
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from xenstored in {deadline:?}"),
+            ),
+        )
+    })
 }
 
 impl Xenstore for XsClient {
@@ -134,6 +144,67 @@ impl Xenstore for XsClient {
             .await?
             .map_err(|e| xs_err("watch", path, e))?;
         Ok(Box::pin(w.map(String::from)))
+    }
+}
+
+/// How long the agent and the backend wait for one xenstore request: a dead
+/// xenstored becomes an error (and a restart by the service manager), not a hang.
+pub const XS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Any [`Xenstore`] with a deadline on every request, whatever it is: the daemons
+/// run over [`XsClient`] and their tests over [`MemStore`] or a simulated host,
+/// and none of them may wait forever on a store that stopped answering.
+#[derive(Clone, Debug)]
+pub struct Xs<X> {
+    inner: X,
+    timeout: Duration,
+}
+
+impl Xs<XsClient> {
+    /// Connects to xenstored (see [`XsClient::connect`]) within [`XS_TIMEOUT`].
+    pub async fn connect() -> Result<Self> {
+        let client = within(XS_TIMEOUT, "connect", "", XsClient::connect()).await??;
+        Ok(Self::new(client))
+    }
+}
+
+impl<X: Xenstore> Xs<X> {
+    /// Wraps `inner` with [`XS_TIMEOUT`] per request.
+    pub fn new(inner: X) -> Self {
+        Self::with_timeout(inner, XS_TIMEOUT)
+    }
+
+    /// Wraps `inner` with `timeout` per request.
+    pub fn with_timeout(inner: X, timeout: Duration) -> Self {
+        Self { inner, timeout }
+    }
+
+    /// The wrapped client, for calls that take one (the channel rendezvous).
+    pub fn inner(&self) -> &X {
+        &self.inner
+    }
+}
+
+impl<X: Xenstore> Xenstore for Xs<X> {
+    async fn read(&self, path: &str) -> Result<Option<String>> {
+        within(self.timeout, "read", path, self.inner.read(path)).await?
+    }
+
+    async fn write(&self, path: &str, value: &str) -> Result<()> {
+        within(self.timeout, "write", path, self.inner.write(path, value)).await?
+    }
+
+    async fn rm(&self, path: &str) -> Result<()> {
+        within(self.timeout, "rm", path, self.inner.rm(path)).await?
+    }
+
+    async fn directory(&self, path: &str) -> Result<Vec<String>> {
+        within(self.timeout, "directory", path, self.inner.directory(path)).await?
+    }
+
+    /// The registration is bounded; the events are not.
+    async fn watch(&self, path: &str) -> Result<WatchStream> {
+        within(self.timeout, "watch", path, self.inner.watch(path)).await?
     }
 }
 
