@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use xenvt_ring::config::{valid_rel_path, Bounds, ConfigText, Load, MAX_STREAMS, STREAM_BUF};
+use xenvt_ring::config::{
+    valid_rel_path, Bounds, ConfigError, ConfigText, Load, MAX_STREAMS, STREAM_BUF,
+};
 
 use crate::{Error, Result};
 
@@ -76,6 +78,16 @@ pub enum DomainSel {
     Id(u16),
     /// By domain name.
     Name(String),
+}
+
+impl DomainSel {
+    /// A domain id if `s` is one, else a name.
+    pub fn parse(s: &str) -> DomainSel {
+        match s.parse::<u16>() {
+            Ok(id) => DomainSel::Id(id),
+            Err(_) => DomainSel::Name(s.to_owned()),
+        }
+    }
 }
 
 /// What the backend does for one service name.
@@ -141,42 +153,32 @@ struct RawLimits {
 
 pub use xenvt_ring::config::valid_name;
 
-impl Default for Config {
-    fn default() -> Self {
-        Config::from_str_for(None, "").unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
-    }
-}
-
 impl Load for Config {
     type Error = Error;
 
-    fn check(src: &ConfigText<'_>) -> Result<Config> {
+    fn check(src: &ConfigText<'_>) -> Result<Config, ConfigError> {
         let raw: Raw = src.parse()?;
         let run_dir = raw.run_dir.unwrap_or_else(|| DEFAULT_RUN_DIR.into());
         if !run_dir.is_absolute() {
-            return Err(src
-                .error(
-                    "run_dir",
-                    format!("run_dir {} is relative", run_dir.display()),
-                    "set run_dir to an absolute path such as \"/run/xenvt\"",
-                )
-                .into());
+            return Err(src.error(
+                "run_dir",
+                format!("run_dir {} is relative", run_dir.display()),
+                "set run_dir to an absolute path such as \"/run/xenvt\"",
+            ));
         }
         let control = raw
             .control
             .socket
             .unwrap_or_else(|| run_dir.join(CONTROL_NAME));
         if !control.is_absolute() || control.file_name().is_none() {
-            return Err(src
-                .error(
-                    "control.socket",
-                    format!(
-                        "control.socket {} is not an absolute path",
-                        control.display()
-                    ),
-                    "set control.socket to an absolute path such as \"/run/xenvt/backend.ctl\"",
-                )
-                .into());
+            return Err(src.error(
+                "control.socket",
+                format!(
+                    "control.socket {} is not an absolute path",
+                    control.display()
+                ),
+                "set control.socket to an absolute path such as \"/run/xenvt/backend.ctl\"",
+            ));
         }
         if let Some(a) = raw.control.listen {
             xenvt_ring::control::check_tcp(a).map_err(|m| {
@@ -193,16 +195,11 @@ impl Load for Config {
                 "channel_path",
                 format!("channel_path {channel_path:?} is not a relative xenstore path of plain components"),
                 "set channel_path to a relative path such as \"data/xenvt\" (the agent's channel.path)",
-            ).into());
+            ));
         }
-        let domains = raw.domains.map(|v| {
-            v.into_iter()
-                .map(|s| match s.parse::<u16>() {
-                    Ok(id) => DomainSel::Id(id),
-                    Err(_) => DomainSel::Name(s),
-                })
-                .collect()
-        });
+        let domains = raw
+            .domains
+            .map(|v| v.iter().map(|s| DomainSel::parse(s)).collect());
         let mut services = BTreeMap::new();
         for (name, s) in raw.services {
             if !valid_name(&name) {
@@ -212,7 +209,7 @@ impl Load for Config {
                         "service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')"
                     ),
                     "rename the service with those characters only",
-                ).into());
+                ));
             }
             if let Some(d) = &s.deliver {
                 if !d.is_absolute() {
@@ -220,7 +217,7 @@ impl Load for Config {
                         &["services", &name, "deliver"],
                         format!("services.{name}.deliver {} is relative", d.display()),
                         "set deliver to an absolute socket path such as \"/run/xenvt-proxy/vnc.sock\"",
-                    ).into());
+                    ));
                 }
             }
             if s.deliver.is_none() && !s.listen {
@@ -228,7 +225,7 @@ impl Load for Config {
                     &["services", &name],
                     format!("services.{name} neither delivers nor listens"),
                     "set deliver = \"/path/to/service.sock\" or listen = true, or remove the table",
-                ).into());
+                ));
             }
             services.insert(
                 name,
@@ -247,22 +244,18 @@ impl Load for Config {
                     let gid = match nix::unistd::Group::from_name(&gname) {
                         Ok(Some(gr)) => gr.gid.as_raw(),
                         Ok(None) => {
-                            return Err(src
-                                .error_at(
-                                    &key,
-                                    format!("guests.{name}.group: no group named {gname:?}"),
-                                    "create the group (groupadd) or set an existing one",
-                                )
-                                .into())
+                            return Err(src.error_at(
+                                &key,
+                                format!("guests.{name}.group: no group named {gname:?}"),
+                                "create the group (groupadd) or set an existing one",
+                            ))
                         }
                         Err(e) => {
-                            return Err(src
-                                .error_at(
-                                    &key,
-                                    format!("guests.{name}.group {gname:?}: {e}"),
-                                    "check the system's group database, or remove group",
-                                )
-                                .into())
+                            return Err(src.error_at(
+                                &key,
+                                format!("guests.{name}.group {gname:?}: {e}"),
+                                "check the system's group database, or remove group",
+                            ))
                         }
                     };
                     Some((gname, gid))
@@ -295,6 +288,32 @@ impl Load for Config {
 }
 
 impl Config {
+    /// Applies the command line over the file: `--run-dir` (a control socket
+    /// that followed run_dir keeps following it), `--control`, `--domain`.
+    pub fn apply_flags(
+        &mut self,
+        run_dir: Option<&Path>,
+        control: Option<&Path>,
+        domains: &[String],
+    ) -> Result<(), ConfigError> {
+        if let Some(d) = run_dir {
+            absolute_flag("--run-dir", d)?;
+            let followed = self.control == self.run_dir.join(CONTROL_NAME);
+            self.run_dir = d.to_owned();
+            if followed {
+                self.control = self.run_dir.join(CONTROL_NAME);
+            }
+        }
+        if let Some(c) = control {
+            absolute_flag("--control", c)?;
+            self.control = c.to_owned();
+        }
+        if !domains.is_empty() {
+            self.domains = Some(domains.iter().map(|s| DomainSel::parse(s)).collect());
+        }
+        Ok(())
+    }
+
     /// Whether the guest `id` named `name` is one we serve.
     pub fn selects(&self, id: u16, name: Option<&str>) -> bool {
         match &self.domains {
@@ -316,13 +335,49 @@ impl Config {
     }
 }
 
+fn absolute_flag(flag: &str, p: &Path) -> Result<(), ConfigError> {
+    if p.is_absolute() {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        None,
+        format!("{flag} {} is relative", p.display()),
+        format!("give {flag} an absolute path"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn flags_override_the_file() {
+        let f = Some(Path::new("b.toml"));
+        let mut c = Config::from_str_for(f, "domains = [\"vm1\"]").unwrap();
+        c.apply_flags(Some(Path::new("/r")), None, &["3".into(), "vm2".into()])
+            .unwrap();
+        assert_eq!(c.control, Path::new("/r/backend.ctl"), "follows run_dir");
+        assert_eq!(
+            c.domains,
+            Some(vec![DomainSel::Id(3), DomainSel::Name("vm2".into())])
+        );
+        let mut c = Config::from_str_for(f, "[control]\nsocket = \"/c/b.ctl\"").unwrap();
+        c.apply_flags(Some(Path::new("/r")), None, &[]).unwrap();
+        assert_eq!(c.control, Path::new("/c/b.ctl"), "set apart, stays");
+        assert!(c.domains.is_none());
+        c.apply_flags(None, Some(Path::new("/x.ctl")), &[]).unwrap();
+        assert_eq!(c.control, Path::new("/x.ctl"));
+        let e = c.apply_flags(Some(Path::new("r")), None, &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration: --run-dir r is relative; give --run-dir an absolute path"
+        );
+        assert!(c.apply_flags(None, Some(Path::new("x.ctl")), &[]).is_err());
+    }
+
+    #[test]
     fn defaults() {
-        let c = Config::default();
+        let c = Config::from_str_for(None, "").unwrap();
         assert_eq!(c.run_dir, Path::new(DEFAULT_RUN_DIR));
         assert_eq!(c.control, Path::new("/run/xenvt/backend.ctl"));
         assert_eq!(c.channel_path, "data/xenvt");

@@ -2,7 +2,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use xenvt_backend::config::{DomainSel, CONTROL_NAME};
 use xenvt_backend::{Backend, Config, Error};
 use xenvt_ring::config::Load;
 use xenvt_ring::daemon::{self, Options};
@@ -34,42 +33,11 @@ const DEFAULT_CONFIG: &str = "/etc/xenvt/backend.toml";
 
 fn load(args: &Args) -> Result<Config, Error> {
     let mut cfg = Config::load_or_default(args.config.as_deref(), DEFAULT_CONFIG.as_ref())?;
-    if let Some(d) = &args.run_dir {
-        if !d.is_absolute() {
-            return Err(Error::Config(xenvt_ring::config::ConfigError::new(
-                None,
-                format!("--run-dir {} is relative", d.display()),
-                "give --run-dir an absolute path",
-            )));
-        }
-        // A control socket that followed run_dir keeps following it.
-        let followed = cfg.control == cfg.run_dir.join(CONTROL_NAME);
-        cfg.run_dir = d.clone();
-        if followed {
-            cfg.control = cfg.run_dir.join(CONTROL_NAME);
-        }
-    }
-    if let Some(c) = &args.control {
-        if !c.is_absolute() {
-            return Err(Error::Config(xenvt_ring::config::ConfigError::new(
-                None,
-                format!("--control {} is relative", c.display()),
-                "give --control an absolute path",
-            )));
-        }
-        cfg.control = c.clone();
-    }
-    if !args.domains.is_empty() {
-        cfg.domains = Some(
-            args.domains
-                .iter()
-                .map(|s| match s.parse::<u16>() {
-                    Ok(id) => DomainSel::Id(id),
-                    Err(_) => DomainSel::Name(s.clone()),
-                })
-                .collect(),
-        );
-    }
+    cfg.apply_flags(
+        args.run_dir.as_deref(),
+        args.control.as_deref(),
+        &args.domains,
+    )?;
     Ok(cfg)
 }
 

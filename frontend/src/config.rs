@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use xenvt_ring::config::{
-    valid_name, valid_rel_path, Bounds, ConfigText, Load, MAX_STREAMS, STREAM_BUF,
+    valid_name, valid_rel_path, Bounds, ConfigError, ConfigText, Load, MAX_STREAMS, STREAM_BUF,
 };
 
 use crate::{Error, Result};
@@ -146,28 +146,20 @@ struct RawLimits {
     stream_buf: Option<u32>,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config::from_str_for(None, "").unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
-    }
-}
-
 impl Load for Config {
     type Error = Error;
 
-    fn check(src: &ConfigText<'_>) -> Result<Config> {
+    fn check(src: &ConfigText<'_>) -> Result<Config, ConfigError> {
         let raw: Raw = src.parse()?;
         let path = raw.channel.path.unwrap_or_else(|| "data/xenvt".into());
         if !valid_rel_path(&path) {
-            return Err(src
-                .error(
-                    "channel.path",
-                    format!(
-                        "channel.path {path:?} is not a relative xenstore path of plain components"
-                    ),
-                    "set channel.path to a relative path such as \"data/xenvt\"",
-                )
-                .into());
+            return Err(src.error(
+                "channel.path",
+                format!(
+                    "channel.path {path:?} is not a relative xenstore path of plain components"
+                ),
+                "set channel.path to a relative path such as \"data/xenvt\"",
+            ));
         }
         let ring_order = src.bounded("channel.ring_order", raw.channel.ring_order, RING_ORDER)?;
         let explicit = raw.listen.is_some();
@@ -196,35 +188,29 @@ impl Load for Config {
                 )
             })?;
             if !valid_name(&l.service) {
-                return Err(src
-                    .error(
-                        &at("service"),
-                        format!(
-                            "listen service {:?} is not 1 to 64 of A-Z a-z 0-9 . _ -",
-                            l.service
-                        ),
-                        "rename the service with those characters only",
-                    )
-                    .into());
+                return Err(src.error(
+                    &at("service"),
+                    format!(
+                        "listen service {:?} is not 1 to 64 of A-Z a-z 0-9 . _ -",
+                        l.service
+                    ),
+                    "rename the service with those characters only",
+                ));
             }
             if !address.ip().is_loopback() && !l.public {
-                return Err(src
-                    .error(
-                        &at("address"),
-                        format!("listen address {address} is not loopback"),
-                        "set public = true in this [[listen]] to expose it, or use 127.0.0.1",
-                    )
-                    .into());
+                return Err(src.error(
+                    &at("address"),
+                    format!("listen address {address} is not loopback"),
+                    "set public = true in this [[listen]] to expose it, or use 127.0.0.1",
+                ));
             }
             // Port 0 picks a free port each time, so only fixed ports can clash.
             if address.port() != 0 && !seen.insert(address) {
-                return Err(src
-                    .error(
-                        &at("address"),
-                        format!("listen address {address} is given twice"),
-                        "remove one of the two [[listen]] entries or change its port",
-                    )
-                    .into());
+                return Err(src.error(
+                    &at("address"),
+                    format!("listen address {address} is given twice"),
+                    "remove one of the two [[listen]] entries or change its port",
+                ));
             }
             listen.push(Listen {
                 address,
@@ -234,13 +220,11 @@ impl Load for Config {
         let mut services = BTreeMap::new();
         for (name, s) in raw.services {
             if !valid_name(&name) {
-                return Err(src
-                    .error_at(
-                        &["services", &name],
-                        format!("service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ -"),
-                        "rename the service with those characters only",
-                    )
-                    .into());
+                return Err(src.error_at(
+                    &["services", &name],
+                    format!("service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ -"),
+                    "rename the service with those characters only",
+                ));
             }
             let addr: SocketAddr = s.connect.parse().map_err(|_| {
                 src.error_at(
@@ -255,13 +239,11 @@ impl Load for Config {
             None => None,
             Some(h) => {
                 if h.command.is_empty() || h.command[0].is_empty() {
-                    return Err(src
-                        .error(
-                            "hook.command",
-                            "hook.command names no program",
-                            "set hook.command to [\"program\", \"arg\", ...], or remove [hook]",
-                        )
-                        .into());
+                    return Err(src.error(
+                        "hook.command",
+                        "hook.command names no program",
+                        "set hook.command to [\"program\", \"arg\", ...], or remove [hook]",
+                    ));
                 }
                 let secs = src.bounded("hook.timeout_secs", h.timeout_secs, HOOK_SECS)?;
                 Some(Hook {
@@ -293,7 +275,7 @@ mod tests {
 
     #[test]
     fn defaults_listen_on_loopback_vnc_and_allow_nothing() {
-        let c = Config::default();
+        let c = Config::from_str_for(None, "").unwrap();
         assert_eq!(c.listen.len(), 1);
         assert_eq!(c.listen[0].address, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(c.listen[0].service, "vnc");

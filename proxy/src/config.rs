@@ -64,7 +64,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use xenvt_ring::config::{ConfigText, Load};
+use xenvt_ring::config::{ConfigError, ConfigText, Load};
 
 use crate::console::{ConsoleConfig, KeyFlavour};
 use crate::console_view::ConsoleSpec;
@@ -354,8 +354,8 @@ impl Config {
 impl Load for Config {
     type Error = Error;
 
-    fn check(src: &ConfigText<'_>) -> Result<Config> {
-        let bad = |key: &str, msg: String, fix: &str| Error::Config(src.error(key, msg, fix));
+    fn check(src: &ConfigText<'_>) -> Result<Config, ConfigError> {
+        let bad = |key: &str, msg: String, fix: &str| src.error(key, msg, fix);
         let raw: RawConfig = src.parse()?;
         let base = src.file().and_then(Path::parent).unwrap_or(Path::new("."));
         let rel = |p: &Path| base.join(p);

@@ -63,11 +63,11 @@ pub trait Load: Sized {
     type Error: From<ConfigError>;
 
     /// Parses and checks the text, pointing errors at their keys.
-    fn check(src: &ConfigText<'_>) -> Result<Self, Self::Error>;
+    fn check(src: &ConfigText<'_>) -> Result<Self, ConfigError>;
 
     /// Parses and checks `text`; `file` names it in errors.
     fn from_str_for(file: Option<&Path>, text: &str) -> Result<Self, Self::Error> {
-        Self::check(&ConfigText::new(file, text))
+        Ok(Self::check(&ConfigText::new(file, text))?)
     }
 
     /// Reads and checks `file`.
