@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use xenvt_backend::{Backend, Config, Error};
 use xenvt_ring::config::Load;
 use xenvt_ring::daemon::{self, Options};
@@ -44,7 +44,7 @@ fn load(args: &Args) -> Result<Config, Error> {
 fn main() -> ExitCode {
     let args = Args::parse();
     daemon::run(
-        "xenvt-backend",
+        Args::command(),
         &args.daemon,
         || load(&args),
         |cfg, shutdown| async {

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use xenvt_agent::{Agent, Config};
 use xenvt_ring::config::Load;
 use xenvt_ring::daemon::{self, Options};
@@ -25,7 +25,7 @@ const DEFAULT_CONFIG: &str = "/etc/xenvt/agent.toml";
 fn main() -> ExitCode {
     let args = Args::parse();
     let load = || Config::load_or_default(args.config.as_deref(), DEFAULT_CONFIG.as_ref());
-    daemon::run("xenvt-agent", &args.daemon, load, |cfg, shutdown| async {
+    daemon::run(Args::command(), &args.daemon, load, |cfg, shutdown| async {
         let platform = xenvt_ring::platform::from_env()?;
         let agent = Agent::new(cfg, platform, Xs::connect().await?).await?;
         agent.run(shutdown.wait()).await

@@ -23,6 +23,23 @@ pub struct Options {
     /// Log filter (tracing's env-filter syntax); overrides XENVT_LOG.
     #[arg(long)]
     pub log: Option<String>,
+    /// Print the manual page (roff) and exit: the packages are built with it.
+    #[arg(long, hide = true)]
+    pub print_man: bool,
+}
+
+/// Prints `cmd`'s manual page (roff, section 1) on stdout, as the packages
+/// install it; a program's page is made from its clap definition so it cannot
+/// drift from `--help`.
+pub fn print_man(cmd: clap::Command) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match clap_mangen::Man::new(cmd).render(&mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write the manual page: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Logs to stderr (journald under systemd), filtered by `filter` (`--log`), else
@@ -43,13 +60,14 @@ pub fn init_logging(filter: Option<&str>) {
 
 /// A daemon's whole `main`: logging, `load` (its error exits with
 /// [`EXIT_CONFIG`]), `--check`, a runtime, then `body` with the configuration
-/// and the signal handlers.
+/// and the signal handlers. `cmd` (the daemon's clap command) names the program
+/// in messages and makes `--print-man`'s page.
 ///
 /// SIGTERM and SIGINT are registered before `body` starts, so nothing the body
 /// prints (its ready line) can come before them: a signal right after "ready"
 /// stops the daemon through [`Shutdown`], never by the default action.
 pub fn run<C, E, B, F, R>(
-    prog: &str,
+    cmd: clap::Command,
     opts: &Options,
     load: impl FnOnce() -> Result<C, E>,
     body: B,
@@ -60,6 +78,10 @@ where
     F: Future<Output = Result<(), R>>,
     R: Display,
 {
+    if opts.print_man {
+        return print_man(cmd);
+    }
+    let prog = cmd.get_name();
     init_logging(opts.log.as_deref());
     let cfg = match load() {
         Ok(c) => c,
@@ -97,13 +119,20 @@ mod tests {
     use super::*;
 
     fn opts(check: bool) -> Options {
-        Options { check, log: None }
+        Options {
+            check,
+            ..Options::default()
+        }
+    }
+
+    fn cmd() -> clap::Command {
+        clap::Command::new("t")
     }
 
     #[test]
     fn a_config_error_exits_2_before_anything_runs() {
         let r = run(
-            "t",
+            cmd(),
             &opts(false),
             || Err::<(), _>("bad"),
             |_, _| async { panic!("the body must not run") as Result<(), String> },
@@ -114,7 +143,7 @@ mod tests {
     #[test]
     fn check_stops_after_the_config() {
         let r = run(
-            "t",
+            cmd(),
             &opts(true),
             || Ok::<_, String>(()),
             |_, _| async { panic!("the body must not run") as Result<(), String> },
@@ -125,7 +154,7 @@ mod tests {
     #[test]
     fn a_body_error_exits_1() {
         let r = run(
-            "t",
+            cmd(),
             &opts(false),
             || Ok::<_, String>(7),
             |n, _| async move { Err(format!("failed with {n}")) },
@@ -138,7 +167,7 @@ mod tests {
     #[test]
     fn the_handlers_are_in_place_when_the_body_starts() {
         let r = run(
-            "t",
+            cmd(),
             &opts(false),
             || Ok::<_, String>(()),
             |(), shutdown| async move {

@@ -32,6 +32,14 @@ if [ "$build" = 1 ]; then
     cargo build --release --bins --locked >&2
 fi
 mkdir -p "$out"
+# The manual pages, made from each program's clap definition (the packages'
+# assets name them under target/release/man; cargo-deb compresses them).
+man=$target/release/man
+mkdir -p "$man"
+for prog in xenvt-agent xenvt-backend xenvt-proxy; do
+    "$target/release/$prog" --print-man >"$man/$prog.1"
+done
+"$target/release/xenvt" print-man >"$man/xenvt.1"
 # Only this run's packages are left in the directory, so a caller can take them all.
 rm -f "$out"/*.deb "$out"/*.ddeb
 
@@ -50,7 +58,7 @@ if [ "$lint" = 1 ]; then
         echo "package: lintian not found (apt-get install lintian)" >&2
         exit 1
     }
-    # Errors fail; warnings are shown (no manual pages yet, docs/install.md instead).
+    # Errors fail; warnings are shown.
     lintian --fail-on error "${debs[@]}" >&2
 fi
 printf '%s\n' "${debs[@]}"
