@@ -306,6 +306,55 @@ fn stream_from(mut rx: mpsc::UnboundedReceiver<String>) -> impl Stream<Item = St
 mod tests {
     use super::*;
 
+    /// A store that never answers, as a xenstored that accepts and then hangs.
+    struct Silent;
+
+    impl Xenstore for Silent {
+        async fn read(&self, _: &str) -> Result<Option<String>> {
+            std::future::pending().await
+        }
+        async fn write(&self, _: &str, _: &str) -> Result<()> {
+            std::future::pending().await
+        }
+        async fn rm(&self, _: &str) -> Result<()> {
+            std::future::pending().await
+        }
+        async fn directory(&self, _: &str) -> Result<Vec<String>> {
+            std::future::pending().await
+        }
+        async fn watch(&self, _: &str) -> Result<WatchStream> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn xs_turns_a_silent_store_into_errors_that_name_the_request() {
+        let xs = Xs::with_timeout(Silent, Duration::from_millis(20));
+        let e = xs.read("/local/domain/3/name").await.unwrap_err();
+        match &e {
+            Error::Xenstore { op, path, source } => {
+                assert_eq!((*op, path.as_str()), ("read", "/local/domain/3/name"));
+                assert_eq!(source.kind(), io::ErrorKind::TimedOut);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().contains("no answer from xenstored"), "{e}");
+        assert!(xs.write("/x", "1").await.is_err());
+        assert!(xs.rm("/x").await.is_err());
+        assert!(xs.directory("/x").await.is_err());
+        assert!(xs.watch("/x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn xs_passes_a_live_store_through() {
+        let xs = Xs::new(MemStore::new());
+        xs.write("/a/b", "1").await.unwrap();
+        assert_eq!(xs.read("/a/b").await.unwrap().as_deref(), Some("1"));
+        assert_eq!(xs.directory("/a").await.unwrap(), vec!["b"]);
+        xs.rm("/a").await.unwrap();
+        assert_eq!(xs.inner().read("/a/b").await.unwrap(), None);
+    }
+
     #[tokio::test]
     async fn memstore_read_write_watch() {
         let s = MemStore::new();
