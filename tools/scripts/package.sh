@@ -32,14 +32,17 @@ if [ "$build" = 1 ]; then
     cargo build --release --bins --locked >&2
 fi
 mkdir -p "$out"
-# The manual pages, made from each program's clap definition (the packages'
-# assets name them under target/release/man; cargo-deb compresses them).
+# The manual pages, made from each program's clap definition and compressed as
+# Debian wants them (-n: no name or time inside, so the same build gives the same
+# file); the packages' assets name them under target/release/man.
 man=$target/release/man
 mkdir -p "$man"
-for prog in xenvt-agent xenvt-backend xenvt-proxy; do
-    "$target/release/$prog" --print-man >"$man/$prog.1"
+for prog in xenvt-agent xenvt-backend xenvt-proxy xenvt; do
+    case "$prog" in
+    xenvt) "$target/release/$prog" print-man ;;
+    *) "$target/release/$prog" --print-man ;;
+    esac | gzip -9n >"$man/$prog.1.gz"
 done
-"$target/release/xenvt" print-man >"$man/xenvt.1"
 # Only this run's packages are left in the directory, so a caller can take them all.
 rm -f "$out"/*.deb "$out"/*.ddeb
 
