@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use xenvt_ring::config::ConfigText;
+use xenvt_ring::config::{
+    valid_rel_path, Bounds, ConfigError, ConfigText, Load, MAX_STREAMS, STREAM_BUF,
+};
 
 use crate::{Error, Result};
 
@@ -35,6 +37,12 @@ use crate::{Error, Result};
 pub const DEFAULT_RUN_DIR: &str = "/run/xenvt";
 /// The control socket's file name in `run_dir` unless `[control] socket` says otherwise.
 pub const CONTROL_NAME: &str = "backend.ctl";
+/// `limits.hello_timeout_secs`: how long an agent has to answer our HELLO.
+const HELLO_SECS: Bounds<u64> = Bounds {
+    min: 1,
+    max: 300,
+    default: 5,
+};
 
 /// The checked configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -70,6 +78,16 @@ pub enum DomainSel {
     Id(u16),
     /// By domain name.
     Name(String),
+}
+
+impl DomainSel {
+    /// A domain id if `s` is one, else a name.
+    pub fn parse(s: &str) -> DomainSel {
+        match s.parse::<u16>() {
+            Ok(id) => DomainSel::Id(id),
+            Err(_) => DomainSel::Name(s.to_owned()),
+        }
+    }
 }
 
 /// What the backend does for one service name.
@@ -133,46 +151,16 @@ struct RawLimits {
     hello_timeout_secs: Option<u64>,
 }
 
-/// Whether `s` is a safe single file-name component: 1 to 64 of
-/// `A-Z a-z 0-9 . _ -`, not starting with a dot. Service and domain names become
-/// socket paths, so nothing else is allowed there.
-pub fn valid_name(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && !s.starts_with('.')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
+pub use xenvt_ring::config::valid_name;
 
-fn valid_rel_path(p: &str) -> bool {
-    !p.is_empty() && p.len() <= 256 && p.split('/').all(valid_name)
-}
+impl Load for Config {
+    type Error = Error;
 
-impl Default for Config {
-    fn default() -> Self {
-        Config::from_str_for(None, "").unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
-    }
-}
-
-impl Config {
-    /// Reads and checks `file`.
-    pub fn load(file: &Path) -> Result<Config> {
-        let text = xenvt_ring::config::read(file)?;
-        Config::from_str_for(Some(file), &text)
-    }
-
-    /// Parses and checks `text`; `file` names it in errors.
-    pub fn from_str_for(file: Option<&Path>, text: &str) -> Result<Config> {
-        let src = ConfigText::new(file, text);
-        let bad =
-            |key: &str, problem: String, fix: &str| Error::Config(src.error(key, problem, fix));
-        // For keys under a name (which may hold dots).
-        let bad_at = |path: &[&str], problem: String, fix: &str| {
-            Error::Config(src.error_at(path, problem, fix))
-        };
+    fn check(src: &ConfigText<'_>) -> Result<Config, ConfigError> {
         let raw: Raw = src.parse()?;
         let run_dir = raw.run_dir.unwrap_or_else(|| DEFAULT_RUN_DIR.into());
         if !run_dir.is_absolute() {
-            return Err(bad(
+            return Err(src.error(
                 "run_dir",
                 format!("run_dir {} is relative", run_dir.display()),
                 "set run_dir to an absolute path such as \"/run/xenvt\"",
@@ -183,7 +171,7 @@ impl Config {
             .socket
             .unwrap_or_else(|| run_dir.join(CONTROL_NAME));
         if !control.is_absolute() || control.file_name().is_none() {
-            return Err(bad(
+            return Err(src.error(
                 "control.socket",
                 format!(
                     "control.socket {} is not an absolute path",
@@ -194,7 +182,7 @@ impl Config {
         }
         if let Some(a) = raw.control.listen {
             xenvt_ring::control::check_tcp(a).map_err(|m| {
-                bad(
+                src.error(
                     "control.listen",
                     format!("control.listen: {m}"),
                     "use a loopback address such as \"127.0.0.1:9101\" (the endpoint has no password)",
@@ -203,24 +191,19 @@ impl Config {
         }
         let channel_path = raw.channel_path.unwrap_or_else(|| "data/xenvt".into());
         if !valid_rel_path(&channel_path) {
-            return Err(bad(
+            return Err(src.error(
                 "channel_path",
                 format!("channel_path {channel_path:?} is not a relative xenstore path of plain components"),
                 "set channel_path to a relative path such as \"data/xenvt\" (the agent's channel.path)",
             ));
         }
-        let domains = raw.domains.map(|v| {
-            v.into_iter()
-                .map(|s| match s.parse::<u16>() {
-                    Ok(id) => DomainSel::Id(id),
-                    Err(_) => DomainSel::Name(s),
-                })
-                .collect()
-        });
+        let domains = raw
+            .domains
+            .map(|v| v.iter().map(|s| DomainSel::parse(s)).collect());
         let mut services = BTreeMap::new();
         for (name, s) in raw.services {
             if !valid_name(&name) {
-                return Err(bad_at(
+                return Err(src.error_at(
                     &["services", &name],
                     format!(
                         "service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')"
@@ -230,7 +213,7 @@ impl Config {
             }
             if let Some(d) = &s.deliver {
                 if !d.is_absolute() {
-                    return Err(bad_at(
+                    return Err(src.error_at(
                         &["services", &name, "deliver"],
                         format!("services.{name}.deliver {} is relative", d.display()),
                         "set deliver to an absolute socket path such as \"/run/xenvt-proxy/vnc.sock\"",
@@ -238,7 +221,7 @@ impl Config {
                 }
             }
             if s.deliver.is_none() && !s.listen {
-                return Err(bad_at(
+                return Err(src.error_at(
                     &["services", &name],
                     format!("services.{name} neither delivers nor listens"),
                     "set deliver = \"/path/to/service.sock\" or listen = true, or remove the table",
@@ -261,14 +244,14 @@ impl Config {
                     let gid = match nix::unistd::Group::from_name(&gname) {
                         Ok(Some(gr)) => gr.gid.as_raw(),
                         Ok(None) => {
-                            return Err(bad_at(
+                            return Err(src.error_at(
                                 &key,
                                 format!("guests.{name}.group: no group named {gname:?}"),
                                 "create the group (groupadd) or set an existing one",
                             ))
                         }
                         Err(e) => {
-                            return Err(bad_at(
+                            return Err(src.error_at(
                                 &key,
                                 format!("guests.{name}.group {gname:?}: {e}"),
                                 "check the system's group database, or remove group",
@@ -280,32 +263,16 @@ impl Config {
             };
             guests.insert(name, GuestOpts { group });
         }
-        let max_streams = raw.limits.max_streams.unwrap_or(256);
-        if !(1..=65536).contains(&max_streams) {
-            return Err(bad(
-                "limits.max_streams",
-                format!("limits.max_streams {max_streams} is outside 1..=65536"),
-                "set limits.max_streams between 1 and 65536 (256 is the default)",
-            ));
-        }
-        let stream_buf = raw.limits.stream_buf.unwrap_or(256 << 10);
-        if !(4096..=(16 << 20)).contains(&stream_buf) {
-            return Err(bad(
-                "limits.stream_buf",
-                format!("limits.stream_buf {stream_buf} is outside 4096..=16777216"),
-                "set limits.stream_buf between 4096 and 16777216 (262144 is the default)",
-            ));
-        }
-        let hello = raw.limits.hello_timeout_secs.unwrap_or(5);
-        if !(1..=300).contains(&hello) {
-            return Err(bad(
-                "limits.hello_timeout_secs",
-                format!("limits.hello_timeout_secs {hello} is outside 1..=300"),
-                "set limits.hello_timeout_secs between 1 and 300 (5 is the default)",
-            ));
-        }
+        let l = raw.limits;
+        let max_streams = src.bounded("limits.max_streams", l.max_streams, MAX_STREAMS)?;
+        let stream_buf = src.bounded("limits.stream_buf", l.stream_buf, STREAM_BUF)?;
+        let hello = src.bounded(
+            "limits.hello_timeout_secs",
+            l.hello_timeout_secs,
+            HELLO_SECS,
+        )?;
         Ok(Config {
-            source: file.map(Path::to_owned),
+            source: src.file().map(Path::to_owned),
             run_dir,
             control,
             control_tcp: raw.control.listen,
@@ -317,6 +284,34 @@ impl Config {
             stream_buf,
             hello_timeout: Duration::from_secs(hello),
         })
+    }
+}
+
+impl Config {
+    /// Applies the command line over the file: `--run-dir` (a control socket
+    /// that followed run_dir keeps following it), `--control`, `--domain`.
+    pub fn apply_flags(
+        &mut self,
+        run_dir: Option<&Path>,
+        control: Option<&Path>,
+        domains: &[String],
+    ) -> Result<(), ConfigError> {
+        if let Some(d) = run_dir {
+            absolute_flag("--run-dir", d)?;
+            let followed = self.control == self.run_dir.join(CONTROL_NAME);
+            self.run_dir = d.to_owned();
+            if followed {
+                self.control = self.run_dir.join(CONTROL_NAME);
+            }
+        }
+        if let Some(c) = control {
+            absolute_flag("--control", c)?;
+            self.control = c.to_owned();
+        }
+        if !domains.is_empty() {
+            self.domains = Some(domains.iter().map(|s| DomainSel::parse(s)).collect());
+        }
+        Ok(())
     }
 
     /// Whether the guest `id` named `name` is one we serve.
@@ -340,13 +335,49 @@ impl Config {
     }
 }
 
+fn absolute_flag(flag: &str, p: &Path) -> Result<(), ConfigError> {
+    if p.is_absolute() {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        None,
+        format!("{flag} {} is relative", p.display()),
+        format!("give {flag} an absolute path"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn flags_override_the_file() {
+        let f = Some(Path::new("b.toml"));
+        let mut c = Config::from_str_for(f, "domains = [\"vm1\"]").unwrap();
+        c.apply_flags(Some(Path::new("/r")), None, &["3".into(), "vm2".into()])
+            .unwrap();
+        assert_eq!(c.control, Path::new("/r/backend.ctl"), "follows run_dir");
+        assert_eq!(
+            c.domains,
+            Some(vec![DomainSel::Id(3), DomainSel::Name("vm2".into())])
+        );
+        let mut c = Config::from_str_for(f, "[control]\nsocket = \"/c/b.ctl\"").unwrap();
+        c.apply_flags(Some(Path::new("/r")), None, &[]).unwrap();
+        assert_eq!(c.control, Path::new("/c/b.ctl"), "set apart, stays");
+        assert!(c.domains.is_none());
+        c.apply_flags(None, Some(Path::new("/x.ctl")), &[]).unwrap();
+        assert_eq!(c.control, Path::new("/x.ctl"));
+        let e = c.apply_flags(Some(Path::new("r")), None, &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration: --run-dir r is relative; give --run-dir an absolute path"
+        );
+        assert!(c.apply_flags(None, Some(Path::new("x.ctl")), &[]).is_err());
+    }
+
+    #[test]
     fn defaults() {
-        let c = Config::default();
+        let c = Config::from_str_for(None, "").unwrap();
         assert_eq!(c.run_dir, Path::new(DEFAULT_RUN_DIR));
         assert_eq!(c.control, Path::new("/run/xenvt/backend.ctl"));
         assert_eq!(c.channel_path, "data/xenvt");
@@ -446,13 +477,5 @@ mod tests {
         assert_eq!(c.run_dir, Path::new(DEFAULT_RUN_DIR));
         assert!(c.services["vnc"].listen);
         assert!(c.services["vnc"].deliver.is_some());
-    }
-
-    #[test]
-    fn names() {
-        assert!(valid_name("vm-1.a_b"));
-        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "é", &"x".repeat(65)] {
-            assert!(!valid_name(bad), "{bad:?}");
-        }
     }
 }

@@ -25,7 +25,7 @@ pub mod guest;
 pub mod metrics;
 pub use xenvt_ring::ratelimit;
 pub mod sockets;
-pub mod xs;
+pub use xenvt_ring::xenstore as xs;
 
 pub use config::Config;
 use guest::Guest;
@@ -40,14 +40,6 @@ pub enum Error {
     /// A channel, mux, platform or xenstore failure.
     #[error(transparent)]
     Ring(#[from] xenvt_ring::Error),
-    /// xenstored did not answer in time (it may be gone).
-    #[error("xenstore {op} {path}: no answer within the deadline")]
-    XsTimeout {
-        /// The operation.
-        op: &'static str,
-        /// The node.
-        path: String,
-    },
     /// A xenstore node is missing or malformed.
     #[error("xenstore node {path}: {problem}")]
     Node {
@@ -239,7 +231,7 @@ impl<X: Xenstore + Clone> Backend<X> {
             tokio::select! {
                 _ = ping.tick() => {
                     if let Err(e) = self.xs.read("domid").await {
-                        break Err(e);
+                        break Err(e.into());
                     }
                 }
                 () = dirty.notify.notified() => {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 use xenvt_backend::xs::Xs;
 use xenvt_backend::{Backend, Config};
+use xenvt_ring::config::Load;
 use xenvt_ring::mux::{self, MuxConfig};
 use xenvt_ring::platform::heap::HeapHost;
 use xenvt_ring::xenstore::{MemStore, Xenstore};

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use xenvt_ring::config::Load;
 
 use xenvt_backend::xs::Xs;
 use xenvt_backend::{Backend, Config};

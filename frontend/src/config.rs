@@ -37,7 +37,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use xenvt_ring::config::ConfigText;
+use xenvt_ring::config::{
+    valid_name, valid_rel_path, Bounds, ConfigError, ConfigText, Load, MAX_STREAMS, STREAM_BUF,
+};
 
 use crate::{Error, Result};
 
@@ -45,6 +47,18 @@ use crate::{Error, Result};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5500";
 /// The default listener's service.
 pub const DEFAULT_SERVICE: &str = "vnc";
+/// `channel.ring_order`: 2^order bytes per direction, 1 KiB to 1 MiB.
+const RING_ORDER: Bounds<u8> = Bounds {
+    min: 10,
+    max: 20,
+    default: 17,
+};
+/// `hook.timeout_secs`: how long the hook may run before it is killed.
+const HOOK_SECS: Bounds<u64> = Bounds {
+    min: 1,
+    max: 3600,
+    default: 30,
+};
 
 /// The checked configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -158,39 +172,17 @@ struct RawLimits {
     stream_buf: Option<u32>,
 }
 
-/// Whether `s` is a usable service name: 1 to 64 of `A-Z a-z 0-9 . _ -`, not
-/// starting with a dot (the backend turns names into socket file names).
-pub fn valid_service(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && !s.starts_with('.')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-fn valid_rel_path(p: &str) -> bool {
-    !p.is_empty()
-        && p.len() <= 256
-        && !p.starts_with('/')
-        && p.split('/').all(|c| {
-            !c.is_empty()
-                && c != "."
-                && c != ".."
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        })
-}
-
 /// The `[hook]` redial keys, checked against the listeners (the hook's service
 /// must be one we listen for, or no stream of it can ever be seen).
 fn redial_of(
     h: &RawHook,
     listen: &[Listen],
-    bad: &dyn Fn(&str, String, &str) -> Error,
-) -> Result<Option<Redial>> {
+    src: &ConfigText<'_>,
+) -> Result<Option<Redial>, ConfigError> {
     let listened = |s: &str| listen.iter().any(|l| l.service == s);
     let service = match &h.service {
         Some(s) if !listened(s) => {
-            return Err(bad(
+            return Err(src.error(
                 "hook.service",
                 format!("hook.service {s:?} has no [[listen]] entry"),
                 "set hook.service to the service of a [[listen]] entry (usually \"vnc\")",
@@ -203,7 +195,7 @@ fn redial_of(
         (Some(false), _) => return Ok(None),
         (None, None) => return Ok(None),
         (Some(true), None) => {
-            return Err(bad(
+            return Err(src.error(
                 "hook.redial",
                 format!(
                     "hook.redial needs a service, and no [[listen]] serves {DEFAULT_SERVICE:?}"
@@ -213,22 +205,20 @@ fn redial_of(
         }
         (_, Some(s)) => s,
     };
-    let secs = |key: &str, v: Option<u64>, default: u64| -> Result<Duration> {
-        let v = v.unwrap_or(default);
-        if !(1..=3600).contains(&v) {
-            return Err(bad(
-                &format!("hook.{key}"),
-                format!("hook.{key} {v} is outside 1..=3600"),
-                &format!("set hook.{key} between 1 and 3600 ({default} is the default)"),
-            ));
-        }
-        Ok(Duration::from_secs(v))
+    let secs = |key: &str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+        let b = Bounds {
+            min: 1,
+            max: 3600,
+            default,
+        };
+        src.bounded(&format!("hook.{key}"), v, b)
+            .map(Duration::from_secs)
     };
     let min = secs("redial_min_secs", h.redial_min_secs, 1)?;
     let max = secs("redial_max_secs", h.redial_max_secs, 60)?;
     let reset = secs("redial_reset_secs", h.redial_reset_secs, 10)?;
     if max < min {
-        return Err(bad(
+        return Err(src.error(
             "hook.redial_max_secs",
             format!(
                 "hook.redial_max_secs {} is below redial_min_secs {}",
@@ -246,32 +236,14 @@ fn redial_of(
     }))
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config::from_str_for(None, "").unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
-    }
-}
+impl Load for Config {
+    type Error = Error;
 
-impl Config {
-    /// Reads and checks `file`.
-    pub fn load(file: &Path) -> Result<Config> {
-        let text = xenvt_ring::config::read(file)?;
-        Config::from_str_for(Some(file), &text)
-    }
-
-    /// Parses and checks `text`; `file` names it in errors.
-    pub fn from_str_for(file: Option<&Path>, text: &str) -> Result<Config> {
-        let src = ConfigText::new(file, text);
-        let bad =
-            |key: &str, problem: String, fix: &str| Error::Config(src.error(key, problem, fix));
-        // For keys under a name (which may hold dots).
-        let bad_at = |path: &[&str], problem: String, fix: &str| {
-            Error::Config(src.error_at(path, problem, fix))
-        };
+    fn check(src: &ConfigText<'_>) -> Result<Config, ConfigError> {
         let raw: Raw = src.parse()?;
         let path = raw.channel.path.unwrap_or_else(|| "data/xenvt".into());
         if !valid_rel_path(&path) {
-            return Err(bad(
+            return Err(src.error(
                 "channel.path",
                 format!(
                     "channel.path {path:?} is not a relative xenstore path of plain components"
@@ -279,14 +251,7 @@ impl Config {
                 "set channel.path to a relative path such as \"data/xenvt\"",
             ));
         }
-        let ring_order = raw.channel.ring_order.unwrap_or(17);
-        if !(10..=20).contains(&ring_order) {
-            return Err(bad(
-                "channel.ring_order",
-                format!("channel.ring_order {ring_order} is outside 10..=20"),
-                "set channel.ring_order between 10 and 20 (17 is the default), or remove it",
-            ));
-        }
+        let ring_order = src.bounded("channel.ring_order", raw.channel.ring_order, RING_ORDER)?;
         let explicit = raw.listen.is_some();
         let raw_listen = raw.listen.unwrap_or_else(|| {
             vec![RawListen {
@@ -306,14 +271,14 @@ impl Config {
                 }
             };
             let address: SocketAddr = l.address.parse().map_err(|_| {
-                bad(
+                src.error(
                     &at("address"),
                     format!("listen address {:?} is not IP:PORT", l.address),
                     "set address to an IP:PORT such as \"127.0.0.1:5500\"",
                 )
             })?;
-            if !valid_service(&l.service) {
-                return Err(bad(
+            if !valid_name(&l.service) {
+                return Err(src.error(
                     &at("service"),
                     format!(
                         "listen service {:?} is not 1 to 64 of A-Z a-z 0-9 . _ -",
@@ -323,7 +288,7 @@ impl Config {
                 ));
             }
             if !address.ip().is_loopback() && !l.public {
-                return Err(bad(
+                return Err(src.error(
                     &at("address"),
                     format!("listen address {address} is not loopback"),
                     "set public = true in this [[listen]] to expose it, or use 127.0.0.1",
@@ -331,7 +296,7 @@ impl Config {
             }
             // Port 0 picks a free port each time, so only fixed ports can clash.
             if address.port() != 0 && !seen.insert(address) {
-                return Err(bad(
+                return Err(src.error(
                     &at("address"),
                     format!("listen address {address} is given twice"),
                     "remove one of the two [[listen]] entries or change its port",
@@ -344,15 +309,15 @@ impl Config {
         }
         let mut services = BTreeMap::new();
         for (name, s) in raw.services {
-            if !valid_service(&name) {
-                return Err(bad_at(
+            if !valid_name(&name) {
+                return Err(src.error_at(
                     &["services", &name],
                     format!("service name {name:?} is not 1 to 64 of A-Z a-z 0-9 . _ -"),
                     "rename the service with those characters only",
                 ));
             }
             let addr: SocketAddr = s.connect.parse().map_err(|_| {
-                bad_at(
+                src.error_at(
                     &["services", &name, "connect"],
                     format!("services.{name}.connect {:?} is not IP:PORT", s.connect),
                     "set connect to an IP:PORT such as \"127.0.0.1:5900\"",
@@ -364,21 +329,14 @@ impl Config {
             None => None,
             Some(h) => {
                 if h.command.is_empty() || h.command[0].is_empty() {
-                    return Err(bad(
+                    return Err(src.error(
                         "hook.command",
-                        "hook.command names no program".into(),
+                        "hook.command names no program",
                         "set hook.command to [\"program\", \"arg\", ...], or remove [hook]",
                     ));
                 }
-                let secs = h.timeout_secs.unwrap_or(30);
-                if !(1..=3600).contains(&secs) {
-                    return Err(bad(
-                        "hook.timeout_secs",
-                        format!("hook.timeout_secs {secs} is outside 1..=3600"),
-                        "set hook.timeout_secs between 1 and 3600",
-                    ));
-                }
-                let redial = redial_of(&h, &listen, &bad)?;
+                let secs = src.bounded("hook.timeout_secs", h.timeout_secs, HOOK_SECS)?;
+                let redial = redial_of(&h, &listen, src)?;
                 Some(Hook {
                     command: h.command,
                     timeout: Duration::from_secs(secs),
@@ -386,24 +344,11 @@ impl Config {
                 })
             }
         };
-        let max_streams = raw.limits.max_streams.unwrap_or(256);
-        if !(1..=65536).contains(&max_streams) {
-            return Err(bad(
-                "limits.max_streams",
-                format!("limits.max_streams {max_streams} is outside 1..=65536"),
-                "set limits.max_streams between 1 and 65536 (256 is the default)",
-            ));
-        }
-        let stream_buf = raw.limits.stream_buf.unwrap_or(256 << 10);
-        if !(4096..=(16 << 20)).contains(&stream_buf) {
-            return Err(bad(
-                "limits.stream_buf",
-                format!("limits.stream_buf {stream_buf} is outside 4096..=16777216"),
-                "set limits.stream_buf between 4096 and 16777216 (262144 is the default)",
-            ));
-        }
+        let l = raw.limits;
+        let max_streams = src.bounded("limits.max_streams", l.max_streams, MAX_STREAMS)?;
+        let stream_buf = src.bounded("limits.stream_buf", l.stream_buf, STREAM_BUF)?;
         Ok(Config {
-            source: file.map(Path::to_owned),
+            source: src.file().map(Path::to_owned),
             path,
             backend: raw.channel.backend.unwrap_or(0),
             ring_order,
@@ -422,7 +367,7 @@ mod tests {
 
     #[test]
     fn defaults_listen_on_loopback_vnc_and_allow_nothing() {
-        let c = Config::default();
+        let c = Config::from_str_for(None, "").unwrap();
         assert_eq!(c.listen.len(), 1);
         assert_eq!(c.listen[0].address, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(c.listen[0].service, "vnc");
@@ -574,15 +519,6 @@ mod tests {
             let e = Config::from_str_for(Some(f), text).unwrap_err().to_string();
             assert!(e.starts_with("agent.toml:"), "{e}");
             assert!(e.contains(want), "{text:?} -> {e}");
-        }
-    }
-
-    #[test]
-    fn service_names() {
-        assert!(valid_service("vnc"));
-        assert!(valid_service("a-b_c.d"));
-        for bad in ["", ".x", "a/b", "a b", &"x".repeat(65)] {
-            assert!(!valid_service(bad), "{bad:?}");
         }
     }
 }

@@ -25,7 +25,7 @@ use xenvt_ring::{Channel, ChannelConfig, Platform};
 pub mod config;
 pub mod hook;
 pub use xenvt_ring::ratelimit;
-pub mod xs;
+pub use xenvt_ring::xenstore as xs;
 
 pub use config::Config;
 use ratelimit::RateLimit;

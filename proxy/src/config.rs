@@ -64,7 +64,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use xenvt_ring::config::ConfigText;
+use xenvt_ring::config::{ConfigError, ConfigText, Load};
 
 use crate::console::{ConsoleConfig, KeyFlavour};
 use crate::console_view::ConsoleSpec;
@@ -344,18 +344,20 @@ fn encoding_number(name: &str) -> Option<i32> {
 }
 
 impl Config {
-    /// Reads and validates `path`; relative paths inside are taken from its directory.
-    pub fn load(path: &Path) -> Result<Config> {
-        let text = xenvt_ring::config::read(path)?;
-        Config::parse(&text, path)
-    }
-
     /// Validates `text` as if read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
-        let src = ConfigText::new(Some(path), text);
-        let bad = |key: &str, msg: String, fix: &str| Error::Config(src.error(key, msg, fix));
+        Config::from_str_for(Some(path), text)
+    }
+}
+
+/// [`Load::load`] reads the file; relative paths inside are taken from its directory.
+impl Load for Config {
+    type Error = Error;
+
+    fn check(src: &ConfigText<'_>) -> Result<Config, ConfigError> {
+        let bad = |key: &str, msg: String, fix: &str| src.error(key, msg, fix);
         let raw: RawConfig = src.parse()?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let base = src.file().and_then(Path::parent).unwrap_or(Path::new("."));
         let rel = |p: &Path| base.join(p);
         // `keys`: the table and its two password keys, to point at the line.
         let read_secret = |what: &str,
@@ -747,7 +749,9 @@ impl Config {
             domains,
         })
     }
+}
 
+impl Config {
     /// The settings of `domid`, made up from the defaults if it was not configured.
     pub fn domain(&self, domid: u16, name: Option<&str>) -> Option<DomainConfig> {
         if let Some(d) = self.domains.get(&domid) {

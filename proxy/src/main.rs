@@ -3,64 +3,43 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use xenvt_proxy::config::Config;
+use xenvt_ring::config::{ConfigError, Load};
+use xenvt_ring::daemon::{self, Options};
 
 /// The console-and-desktop VNC proxy of xenvt.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(name = "xenvt-proxy", version)]
 struct Cli {
     /// The configuration file (TOML).
-    #[arg(short, long)]
-    config: PathBuf,
-    /// Check the configuration and exit.
-    #[arg(long)]
-    check: bool,
+    #[arg(short, long, required_unless_present = "print_man")]
+    config: Option<PathBuf>,
     /// Control socket for metrics and status (overrides control.socket).
     #[arg(long)]
     control: Option<PathBuf>,
+    #[command(flatten)]
+    daemon: Options,
+}
+
+fn load(cli: &Cli) -> xenvt_proxy::Result<Config> {
+    // Only `--print-man` goes without --config, and it never loads one.
+    let Some(file) = &cli.config else {
+        return Err(ConfigError::new(None, "no --config", "give --config FILE").into());
+    };
+    let mut cfg = Config::load(file)?;
+    if let Some(c) = &cli.control {
+        cfg.control = Some(c.clone());
+    }
+    Ok(cfg)
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("XENVT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
-    let mut cfg = match xenvt_proxy::config::Config::load(&cli.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("xenvt-proxy: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Some(c) = cli.control {
-        cfg.control = Some(c);
-    }
-    if cli.check {
-        println!("xenvt-proxy: configuration ok");
-        return ExitCode::SUCCESS;
-    }
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("xenvt-proxy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(async {
-        // Before anything can say ready: a signal from then on must stop us cleanly.
-        let shutdown = xenvt_ring::signal::Shutdown::register()
-            .map_err(|e| xenvt_proxy::Error::io("signal handlers", e))?;
-        xenvt_proxy::daemon::run(cfg, shutdown.wait()).await
-    }) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("xenvt-proxy: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::run(
+        Cli::command(),
+        &cli.daemon,
+        || load(&cli),
+        |cfg, shutdown| xenvt_proxy::daemon::run(cfg, shutdown.wait()),
+    )
 }

@@ -56,6 +56,81 @@ impl ConfigError {
     }
 }
 
+/// A daemon's configuration: its checks over a [`ConfigText`], and the loading
+/// around them that every daemon does the same way.
+pub trait Load: Sized {
+    /// The crate's error; a [`ConfigError`] converts into it.
+    type Error: From<ConfigError>;
+
+    /// Parses and checks the text, pointing errors at their keys.
+    fn check(src: &ConfigText<'_>) -> Result<Self, ConfigError>;
+
+    /// Parses and checks `text`; `file` names it in errors.
+    fn from_str_for(file: Option<&Path>, text: &str) -> Result<Self, Self::Error> {
+        Ok(Self::check(&ConfigText::new(file, text))?)
+    }
+
+    /// Reads and checks `file`.
+    fn load(file: &Path) -> Result<Self, Self::Error> {
+        let text = read(file)?;
+        Self::from_str_for(Some(file), &text)
+    }
+
+    /// `given` (`--config`) if set; else `default` if that file exists; else
+    /// the built-in defaults (an empty text).
+    fn load_or_default(given: Option<&Path>, default: &Path) -> Result<Self, Self::Error> {
+        match given {
+            Some(f) => Self::load(f),
+            None if default.exists() => Self::load(default),
+            None => Self::from_str_for(None, ""),
+        }
+    }
+}
+
+/// Whether `s` is a safe single file-name component: 1 to 64 of
+/// `A-Z a-z 0-9 . _ -`, not starting with a dot. Service and domain names
+/// become socket paths in dom0, so nothing else is allowed there.
+pub fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Whether `p` is a relative xenstore path of [`valid_name`] components, at most
+/// 256 bytes: where an agent publishes its channel under its domain's home (the
+/// agent's `channel.path`, the backend's `channel_path`).
+pub fn valid_rel_path(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 256 && p.split('/').all(valid_name)
+}
+
+/// A number a configuration may set: the range it must lie in, and its value
+/// when unset.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds<T> {
+    /// The smallest allowed value.
+    pub min: T,
+    /// The largest allowed value.
+    pub max: T,
+    /// The value when the key is absent.
+    pub default: T,
+}
+
+/// Streams per channel (the agent's and the backend's `limits.max_streams`).
+pub const MAX_STREAMS: Bounds<u32> = Bounds {
+    min: 1,
+    max: 65536,
+    default: 256,
+};
+
+/// Receive buffer per stream (`limits.stream_buf`): a page at least, and a bound
+/// on what one stream can make its peer hold.
+pub const STREAM_BUF: Bounds<u32> = Bounds {
+    min: 4096,
+    max: 16 << 20,
+    default: 256 << 10,
+};
+
 /// Reads a configuration file whole.
 pub fn read(file: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(file).map_err(|e| {
@@ -112,6 +187,30 @@ impl<'a> ConfigText<'a> {
             problem: problem.into(),
             fix: fix.into(),
         }
+    }
+
+    /// `value` (the key `key`) if it lies within `b`, `b.default` if unset.
+    pub fn bounded<T>(&self, key: &str, value: Option<T>, b: Bounds<T>) -> Result<T, ConfigError>
+    where
+        T: PartialOrd + Copy + fmt::Display,
+    {
+        let v = value.unwrap_or(b.default);
+        if v < b.min || v > b.max {
+            return Err(self.error(
+                key,
+                format!("{key} {v} is outside {}..={}", b.min, b.max),
+                format!(
+                    "set {key} between {} and {} ({} is the default)",
+                    b.min, b.max, b.default
+                ),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// The file the text came from, if any.
+    pub fn file(&self) -> Option<&'a Path> {
+        self.file
     }
 
     /// [`error`](Self::error) for a path given as its parts, for keys that
@@ -353,6 +452,79 @@ mod tests {
             .error("a", "p", "f")
             .to_string()
             .starts_with("configuration:1:1: p; f"));
+    }
+
+    #[test]
+    fn bounded_numbers_name_the_range_and_the_default() {
+        let c = ConfigText::new(Some(f()), "[limits]\nmax_streams = 0\n");
+        assert_eq!(c.bounded("limits.max_streams", None, MAX_STREAMS), Ok(256));
+        assert_eq!(
+            c.bounded("limits.max_streams", Some(65536), MAX_STREAMS),
+            Ok(65536)
+        );
+        let e = c
+            .bounded("limits.max_streams", Some(0), MAX_STREAMS)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "x.toml:2:1: limits.max_streams 0 is outside 1..=65536; \
+             set limits.max_streams between 1 and 65536 (256 is the default)"
+        );
+        assert!(c
+            .bounded("limits.stream_buf", Some(4095), STREAM_BUF)
+            .is_err());
+    }
+
+    #[derive(Debug)]
+    struct Port(u16);
+
+    impl Load for Port {
+        type Error = ConfigError;
+        fn check(src: &ConfigText<'_>) -> Result<Self, ConfigError> {
+            let raw: S = src.parse()?;
+            Ok(Port(raw.port.unwrap_or(1)))
+        }
+    }
+
+    #[test]
+    fn load_or_default_takes_the_given_file_then_the_default_one_then_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let given = dir.path().join("given.toml");
+        let default = dir.path().join("default.toml");
+        std::fs::write(&given, "port = 2").unwrap();
+        assert_eq!(Port::load_or_default(None, &default).unwrap().0, 1);
+        std::fs::write(&default, "port = 3").unwrap();
+        assert_eq!(Port::load_or_default(None, &default).unwrap().0, 3);
+        assert_eq!(Port::load_or_default(Some(&given), &default).unwrap().0, 2);
+        let missing = dir.path().join("missing.toml");
+        let e = Port::load_or_default(Some(&missing), &default).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+        std::fs::write(&default, "prot = 3").unwrap();
+        let e = Port::load_or_default(None, &default).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}:1:1: unknown field `prot`", default.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn names_and_paths() {
+        assert!(valid_name("vm-1.a_b"));
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "é", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        assert!(valid_rel_path("data/xenvt"));
+        for bad in [
+            "",
+            "/abs",
+            "a//b",
+            "a/../b",
+            "a/",
+            &format!("{}a", "a/".repeat(128)),
+        ] {
+            assert!(!valid_rel_path(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod channel;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod error;
 pub mod fdio;
 pub mod layout;

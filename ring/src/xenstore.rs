@@ -86,17 +86,27 @@ impl XsClient {
         path: &str,
         f: impl Future<Output = io::Result<T>>,
     ) -> Result<io::Result<T>> {
-        tokio::time::timeout(self.deadline, f).await.map_err(|_| {
-            xs_err(
-                op,
-                path,
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no answer from xenstored in {:?}", self.deadline),
-                ),
-            )
-        })
+        within(self.deadline, op, path, f).await
     }
+}
+
+/// `f`'s output, or a xenstore error for `op` on `path` once `deadline` has passed.
+async fn within<T>(
+    deadline: Duration,
+    op: &'static str,
+    path: &str,
+    f: impl Future<Output = T>,
+) -> Result<T> {
+    tokio::time::timeout(deadline, f).await.map_err(|_| {
+        xs_err(
+            op,
+            path,
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from xenstored in {deadline:?}"),
+            ),
+        )
+    })
 }
 
 impl Xenstore for XsClient {
@@ -267,6 +277,67 @@ impl Drop for Drained {
     }
 }
 
+/// How long the agent and the backend wait for one xenstore request: a dead
+/// xenstored becomes an error (and a restart by the service manager), not a hang.
+pub const XS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Any [`Xenstore`] with a deadline on every request, whatever it is: the daemons
+/// run over [`XsClient`] and their tests over [`MemStore`] or a simulated host,
+/// and none of them may wait forever on a store that stopped answering.
+#[derive(Clone, Debug)]
+pub struct Xs<X> {
+    inner: X,
+    timeout: Duration,
+}
+
+impl Xs<XsClient> {
+    /// Connects to xenstored (see [`XsClient::connect`]) within [`XS_TIMEOUT`].
+    pub async fn connect() -> Result<Self> {
+        let client = within(XS_TIMEOUT, "connect", "", XsClient::connect()).await??;
+        Ok(Self::new(client))
+    }
+}
+
+impl<X: Xenstore> Xs<X> {
+    /// Wraps `inner` with [`XS_TIMEOUT`] per request.
+    pub fn new(inner: X) -> Self {
+        Self::with_timeout(inner, XS_TIMEOUT)
+    }
+
+    /// Wraps `inner` with `timeout` per request.
+    pub fn with_timeout(inner: X, timeout: Duration) -> Self {
+        Self { inner, timeout }
+    }
+
+    /// The wrapped client, for calls that take one (the channel rendezvous).
+    pub fn inner(&self) -> &X {
+        &self.inner
+    }
+}
+
+impl<X: Xenstore> Xenstore for Xs<X> {
+    async fn read(&self, path: &str) -> Result<Option<String>> {
+        within(self.timeout, "read", path, self.inner.read(path)).await?
+    }
+
+    async fn write(&self, path: &str, value: &str) -> Result<()> {
+        within(self.timeout, "write", path, self.inner.write(path, value)).await?
+    }
+
+    async fn rm(&self, path: &str) -> Result<()> {
+        within(self.timeout, "rm", path, self.inner.rm(path)).await?
+    }
+
+    async fn directory(&self, path: &str) -> Result<Vec<String>> {
+        within(self.timeout, "directory", path, self.inner.directory(path)).await?
+    }
+
+    /// The registration is bounded; the events are not.
+    async fn watch(&self, path: &str) -> Result<WatchStream> {
+        within(self.timeout, "watch", path, self.inner.watch(path)).await?
+    }
+}
+
 /// An in-process store for tests: absolute paths only, watches fire on any change
 /// at or below the watched path. Not a xenstored model (no permissions, no
 /// transactions): the simulated host has the real one.
@@ -364,6 +435,55 @@ fn stream_from(mut rx: mpsc::UnboundedReceiver<String>) -> impl Stream<Item = St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store that never answers, as a xenstored that accepts and then hangs.
+    struct Silent;
+
+    impl Xenstore for Silent {
+        async fn read(&self, _: &str) -> Result<Option<String>> {
+            std::future::pending().await
+        }
+        async fn write(&self, _: &str, _: &str) -> Result<()> {
+            std::future::pending().await
+        }
+        async fn rm(&self, _: &str) -> Result<()> {
+            std::future::pending().await
+        }
+        async fn directory(&self, _: &str) -> Result<Vec<String>> {
+            std::future::pending().await
+        }
+        async fn watch(&self, _: &str) -> Result<WatchStream> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn xs_turns_a_silent_store_into_errors_that_name_the_request() {
+        let xs = Xs::with_timeout(Silent, Duration::from_millis(20));
+        let e = xs.read("/local/domain/3/name").await.unwrap_err();
+        match &e {
+            Error::Xenstore { op, path, source } => {
+                assert_eq!((*op, path.as_str()), ("read", "/local/domain/3/name"));
+                assert_eq!(source.kind(), io::ErrorKind::TimedOut);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().contains("no answer from xenstored"), "{e}");
+        assert!(xs.write("/x", "1").await.is_err());
+        assert!(xs.rm("/x").await.is_err());
+        assert!(xs.directory("/x").await.is_err());
+        assert!(xs.watch("/x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn xs_passes_a_live_store_through() {
+        let xs = Xs::new(MemStore::new());
+        xs.write("/a/b", "1").await.unwrap();
+        assert_eq!(xs.read("/a/b").await.unwrap().as_deref(), Some("1"));
+        assert_eq!(xs.directory("/a").await.unwrap(), vec!["b"]);
+        xs.rm("/a").await.unwrap();
+        assert_eq!(xs.inner().read("/a/b").await.unwrap(), None);
+    }
 
     #[tokio::test]
     async fn memstore_read_write_watch() {

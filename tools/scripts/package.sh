@@ -32,6 +32,17 @@ if [ "$build" = 1 ]; then
     cargo build --release --bins --locked >&2
 fi
 mkdir -p "$out"
+# The manual pages, made from each program's clap definition and compressed as
+# Debian wants them (-n: no name or time inside, so the same build gives the same
+# file); the packages' assets name them under target/release/man.
+man=$target/release/man
+mkdir -p "$man"
+for prog in xenvt-agent xenvt-backend xenvt-proxy xenvt; do
+    case "$prog" in
+    xenvt) "$target/release/$prog" print-man ;;
+    *) "$target/release/$prog" --print-man ;;
+    esac | gzip -9n >"$man/$prog.1.gz"
+done
 # Only this run's packages are left in the directory, so a caller can take them all.
 rm -f "$out"/*.deb "$out"/*.ddeb
 
@@ -50,7 +61,7 @@ if [ "$lint" = 1 ]; then
         echo "package: lintian not found (apt-get install lintian)" >&2
         exit 1
     }
-    # Errors fail; warnings are shown (no manual pages yet, docs/install.md instead).
+    # Errors fail; warnings are shown.
     lintian --fail-on error "${debs[@]}" >&2
 fi
 printf '%s\n' "${debs[@]}"

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use xenvt::sim::control::{DomainRef, Reply, Request};
 
 #[derive(Parser)]
@@ -50,6 +50,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BenchCmd,
     },
+    /// Prints the manual page (roff); the packages are built with it.
+    #[command(hide = true)]
+    PrintMan,
 }
 
 #[derive(Subcommand)]
@@ -131,6 +134,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Cmd::PrintMan = cli.cmd {
+        return xenvt_ring::daemon::print_man(Cli::command());
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -158,6 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Screen {
             cmd: ScreenCmd::Text(a),
         } => xenvt::screen::run_text(a),
+        Cmd::PrintMan => unreachable!("handled before the runtime starts"),
         Cmd::Bench { cmd } => match cmd {
             BenchCmd::Ring(a) => xenvt::bench::ring::run(a).await,
             BenchCmd::Proxy(a) => xenvt::bench::proxy::run(a).await,
