@@ -8,18 +8,14 @@
 //! most one run at a time; it has a deadline and its output is logged line by
 //! line (bounded). The daemon never waits for it.
 
-use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio::sync::Notify;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use xenvt_ring::mux::StreamEnd;
 use xenvt_ring::ratelimit::RateLimit;
 
@@ -268,158 +264,21 @@ impl Schedule {
     }
 }
 
-/// Linux TCP states (`include/net/tcp_states.h`).
-mod state {
-    pub const CLOSE: u8 = 7;
-    pub const CLOSE_WAIT: u8 = 8;
-    pub const LAST_ACK: u8 = 9;
-    pub const TIME_WAIT: u8 = 6;
-}
-
-/// Who ended a stream, from how it ended and the state of our side of the
-/// guest's TCP connection, taken while we still hold it.
-///
-/// - CLOSE_WAIT or LAST_ACK: the guest's FIN came before ours.
-/// - CLOSE: a RST from the guest, or both FINs sent. Then the side that sent the
-///   first FIN holds the TIME_WAIT: if it is ours (`our_time_wait`), dom0's end
-///   came first.
-/// - Anything else (established, FIN_WAIT, CLOSING): the guest had not closed.
-pub fn who_ended(
-    end: &StreamEnd,
-    tcp_state: Option<u8>,
-    our_time_wait: impl FnOnce() -> bool,
-) -> Ended {
-    if *end == StreamEnd::MuxClosed {
-        return Ended::Backend;
-    }
-    match tcp_state {
-        // Cannot tell: never risk bringing back what the guest closed.
-        None => Ended::Guest,
-        Some(state::CLOSE_WAIT | state::LAST_ACK) => Ended::Guest,
-        Some(state::CLOSE) if our_time_wait() => Ended::Dom0,
-        Some(state::CLOSE) => Ended::Guest,
-        Some(_) => Ended::Dom0,
-    }
-}
-
-/// Our side of a guest connection, kept open (a duplicate descriptor) until the
-/// stream has ended so its TCP state can still be read: the multiplexer closes
-/// its own descriptor when the stream ends, and an abortive close would erase
-/// the state.
-#[derive(Debug)]
-pub struct Probe {
-    fd: OwnedFd,
-    local: SocketAddr,
-    peer: SocketAddr,
-}
-
-impl Probe {
-    /// Duplicates `sock`'s descriptor; `None` if that fails (then no redial).
-    pub fn new(sock: &TcpStream) -> Option<Probe> {
-        Some(Probe {
-            fd: sock.as_fd().try_clone_to_owned().ok()?,
-            local: sock.local_addr().ok()?,
-            peer: sock.peer_addr().ok()?,
-        })
-    }
-
-    /// Who ended the stream; dropping the probe afterwards performs the close
-    /// the multiplexer asked for (FIN or RST).
-    pub fn ended(self, end: &StreamEnd) -> Ended {
-        who_ended(end, tcp_state(&self.fd), || {
-            time_wait_held(self.local, self.peer)
-        })
-    }
-}
-
-/// `tcpi_state`, the first byte of `struct tcp_info`.
-fn tcp_state(fd: &OwnedFd) -> Option<u8> {
-    let mut buf = [0u8; 8];
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: `fd` is an open descriptor we own for the whole call; `buf` and
-    // `len` are live locals, and the kernel writes at most `len` bytes into `buf`
-    // and stores the length it wrote in `len`.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            buf.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    (r == 0 && len >= 1).then_some(buf[0])
-}
-
-/// The most of `/proc/net/tcp{,6}` we read: a guest has few sockets, and a cut
-/// table only means "not found", which never re-runs the hook.
-const MAX_PROC_NET: u64 = 8 << 20;
-
-/// Whether the connection `local` <-> `peer` sits in TIME_WAIT on our side.
-/// A read of a small in-memory file, once per stream end of one service.
-fn time_wait_held(local: SocketAddr, peer: SocketAddr) -> bool {
-    // A dual-stack socket's connections are in the IPv6 table, even IPv4 ones.
-    let file = if local.is_ipv4() {
-        "/proc/net/tcp"
-    } else {
-        "/proc/net/tcp6"
-    };
-    let mut text = String::new();
-    let read =
-        std::fs::File::open(file).and_then(|f| f.take(MAX_PROC_NET).read_to_string(&mut text));
-    if let Err(e) = read {
-        debug!("{file}: {e}");
-        return false;
-    }
-    in_time_wait(&text, unmap(local), unmap(peer))
-}
-
-/// An IPv4 address seen through a dual-stack socket, as plain IPv4.
-fn unmap(a: SocketAddr) -> SocketAddr {
-    match a.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
-            None => a,
-        },
-        IpAddr::V4(_) => a,
-    }
-}
-
-/// Finds `local` -> `peer` (IPv4-mapped addresses given as plain IPv4) in
-/// TIME_WAIT in the text of `/proc/net/tcp{,6}`.
-pub fn in_time_wait(table: &str, local: SocketAddr, peer: SocketAddr) -> bool {
-    table.lines().skip(1).any(|l| {
-        let mut f = l.split_whitespace().skip(1);
-        let (Some(l), Some(r), Some(st)) = (f.next(), f.next(), f.next()) else {
-            return false;
-        };
-        u8::from_str_radix(st, 16) == Ok(state::TIME_WAIT)
-            && proc_addr(l).map(unmap) == Some(local)
-            && proc_addr(r).map(unmap) == Some(peer)
-    })
-}
-
-/// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6): the kernel prints
-/// each 32-bit word of the address as a host-order number.
-fn proc_addr(s: &str) -> Option<SocketAddr> {
-    let (ip, port) = s.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| -> Option<[u8; 4]> {
-        let w = ip.get(i * 8..i * 8 + 8)?;
-        Some(u32::from_str_radix(w, 16).ok()?.to_ne_bytes())
-    };
-    let ip = match ip.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
-        32 => {
-            let mut b = [0u8; 16];
-            for i in 0..4 {
-                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
-            }
-            IpAddr::V6(Ipv6Addr::from(b))
+/// Who ended a stream of the hook's service, from what the multiplexer saw
+/// first (docs/protocol.md, "Who ended a stream"): dom0 if its SHUTDOWN or RST
+/// came before the guest program's EOF, the guest otherwise. A local reset is
+/// the guest's socket failing (or dom0 breaking the stream rules, which is no
+/// reason to bring it back either).
+pub fn who_ended(end: &StreamEnd) -> Ended {
+    match end {
+        StreamEnd::Closed { peer_first: true } | StreamEnd::ResetByPeer { peer_first: true } => {
+            Ended::Dom0
         }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
+        StreamEnd::Closed { peer_first: false }
+        | StreamEnd::ResetByPeer { peer_first: false }
+        | StreamEnd::ResetLocal(_) => Ended::Guest,
+        StreamEnd::MuxClosed => Ended::Backend,
+    }
 }
 
 /// The hook's schedule, shared by the agent's connection tasks and the task
@@ -722,137 +581,119 @@ mod schedule_tests {
     }
 
     #[test]
-    fn who_ended_by_tcp_state() {
-        let closed = StreamEnd::Closed;
-        let rst = StreamEnd::ResetByPeer;
-        // The guest's FIN came first.
-        for st in [state::CLOSE_WAIT, state::LAST_ACK] {
-            assert_eq!(who_ended(&closed, Some(st), || true), Ended::Guest);
-            assert_eq!(who_ended(&rst, Some(st), || true), Ended::Guest);
+    fn who_ended_by_stream_end() {
+        use StreamEnd::*;
+        let dom0 = [
+            Closed { peer_first: true },
+            ResetByPeer { peer_first: true },
+        ];
+        let guest = [
+            Closed { peer_first: false },
+            ResetByPeer { peer_first: false },
+            ResetLocal("socket read: reset".into()),
+        ];
+        for e in dom0 {
+            assert_eq!(who_ended(&e), Ended::Dom0, "{e:?}");
         }
-        // Fully closed: the TIME_WAIT tells.
-        assert_eq!(who_ended(&closed, Some(state::CLOSE), || true), Ended::Dom0);
-        assert_eq!(
-            who_ended(&closed, Some(state::CLOSE), || false),
-            Ended::Guest
-        );
-        // Still open on the guest's side (established 1, FIN_WAIT1 4, FIN_WAIT2 5, CLOSING 11).
-        for st in [1, 4, 5, 11] {
-            assert_eq!(who_ended(&rst, Some(st), || false), Ended::Dom0);
+        for e in guest {
+            assert_eq!(who_ended(&e), Ended::Guest, "{e:?}");
         }
-        assert_eq!(who_ended(&closed, None, || true), Ended::Guest);
-        assert_eq!(
-            who_ended(&StreamEnd::MuxClosed, Some(1), || true),
-            Ended::Backend
-        );
+        assert_eq!(who_ended(&MuxClosed), Ended::Backend);
     }
 
-    #[test]
-    fn proc_net_tcp_lines() {
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 0100007F:157C 0100007F:A1B2 06 00000000:00000000 03:000012C4 00000000     0        0 0 3 0000000000000000\n\
-   1: 0100007F:157C 0100007F:A1B3 01 00000000:00000000 00:00000000 00000000     0        0 9 1 0000000000000000\n";
-        let local: SocketAddr = "127.0.0.1:5500".parse().unwrap();
-        // On a little-endian host 127.0.0.1 prints as 0100007F.
-        if cfg!(target_endian = "little") {
-            assert!(in_time_wait(
-                table,
-                local,
-                "127.0.0.1:41394".parse().unwrap()
-            ));
-            assert!(!in_time_wait(
-                table,
-                local,
-                "127.0.0.1:41395".parse().unwrap()
-            ));
-            assert!(!in_time_wait(
-                table,
-                "127.0.0.1:41394".parse().unwrap(),
-                local
-            ));
-            let v6 = "  sl\n   0: 0000000000000000FFFF00000100007F:157C 0000000000000000FFFF00000100007F:A1B2 06 0\n";
-            assert!(in_time_wait(v6, local, "127.0.0.1:41394".parse().unwrap()));
-        }
-        for junk in [
-            "",
-            "x\n",
-            "h\n 0: zz:1 yy:2 06\n",
-            "h\n 0: 0100007F 0100007F:1 06\n",
-        ] {
-            assert!(!in_time_wait(junk, local, local));
-        }
-    }
+    /// The whole path with real TCP connections on both ends of a multiplexer
+    /// pair: `xvnc` plays the guest program, the agent's socket goes into the
+    /// guest's multiplexer, the backend's into dom0's, and `proxy` plays the proxy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn real_connections_tell_who_ended_first() {
+        use tokio::io::AsyncReadExt;
+        use tokio::net::{TcpListener, TcpStream};
+        use xenvt_ring::mux::{self, Incoming, MuxConfig, MuxHandle};
+        use xenvt_ring::platform::heap::HeapHost;
+        use xenvt_ring::{Channel, ChannelConfig};
 
-    /// The kernel facts `who_ended` relies on, with real loopback connections:
-    /// `ours` plays the agent's socket, `guest` Xvnc's.
-    #[tokio::test]
-    async fn real_connections_tell_who_closed_first() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        async fn pair_on(bind: &str) -> Option<(TcpStream, TcpStream)> {
-            let l = tokio::net::TcpListener::bind(bind).await.ok()?;
-            let port = l.local_addr().unwrap().port();
-            let guest = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-            let (ours, _) = l.accept().await.unwrap();
-            Some((ours, guest))
+        async fn tcp_pair() -> (TcpStream, TcpStream) {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let (c, a) = tokio::join!(TcpStream::connect(addr), l.accept());
+            (c.unwrap(), a.unwrap().0)
         }
-        async fn pair() -> (TcpStream, TcpStream) {
-            pair_on("127.0.0.1:0").await.unwrap()
+        /// (xvnc, proxy, the guest's stream).
+        async fn desktop(
+            guest: &MuxHandle,
+            dom0_in: &mut Incoming,
+        ) -> (TcpStream, TcpStream, mux::StreamHandle) {
+            let (xvnc, agent) = tcp_pair().await;
+            let (backend, proxy) = tcp_pair().await;
+            let accept = async {
+                let req = dom0_in.next().await.unwrap();
+                req.accept(backend);
+            };
+            let (st, ()) = tokio::join!(guest.open("vnc", agent), accept);
+            (xvnc, proxy, st.unwrap())
         }
         async fn eof(s: &mut TcpStream) {
             let mut b = [0u8; 16];
             assert_eq!(s.read(&mut b).await.unwrap(), 0);
         }
-        // dom0 first: we send FIN, the guest answers by closing. Also on a
-        // dual-stack listener, where IPv4 peers look IPv4-mapped (if the host has IPv6).
-        for bind in ["127.0.0.1:0", "[::]:0"] {
-            let Some((mut ours, mut guest)) = pair_on(bind).await else {
-                continue;
-            };
-            let probe = Probe::new(&ours).unwrap();
-            ours.shutdown().await.unwrap();
-            eof(&mut guest).await;
-            drop(guest);
-            eof(&mut ours).await;
-            drop(ours);
-            assert_eq!(probe.ended(&StreamEnd::Closed), Ended::Dom0, "{bind}");
+        /// What a program does when its connection ends: reads until EOF or a
+        /// reset, then closes.
+        async fn gone(mut s: TcpStream) {
+            let mut b = [0u8; 64];
+            while matches!(s.read(&mut b).await, Ok(n) if n > 0) {}
+        }
+        /// A program killed: its connection is reset.
+        fn killed(s: TcpStream) {
+            s.set_zero_linger().unwrap();
+            drop(s);
+        }
+        async fn who(st: mux::StreamHandle, other: TcpStream) -> Ended {
+            let (end, ()) = tokio::join!(st.done(), gone(other));
+            who_ended(&end)
         }
 
-        // The guest first: it closes, we answer with our FIN.
-        let (mut ours, guest) = pair().await;
-        let probe = Probe::new(&ours).unwrap();
-        drop(guest);
-        eof(&mut ours).await;
-        ours.shutdown().await.unwrap();
-        drop(ours);
-        assert_eq!(probe.ended(&StreamEnd::Closed), Ended::Guest);
+        let run = async {
+            let host = HeapHost::new();
+            let cfg = ChannelConfig::default();
+            let srv = Channel::server(&host.domain(1), 0, cfg).unwrap();
+            let cli =
+                Channel::client(&host.domain(0), 1, srv.ring_ref(), srv.event_port()).unwrap();
+            let mcfg = MuxConfig::default();
+            let (g, d) = tokio::join!(mux::start(srv, mcfg), mux::start(cli, mcfg));
+            let (guest, _guest_in) = g.unwrap();
+            let (dom0, mut dom0_in) = d.unwrap();
 
-        // The guest closed, then dom0 reset the stream.
-        let (mut ours, guest) = pair().await;
-        let probe = Probe::new(&ours).unwrap();
-        drop(guest);
-        eof(&mut ours).await;
-        drop(ours);
-        assert_eq!(probe.ended(&StreamEnd::ResetByPeer), Ended::Guest);
+            // The proxy exits, or is killed: Xvnc sees the end and closes in turn.
+            let (xvnc, proxy, st) = desktop(&guest, &mut dom0_in).await;
+            drop(proxy);
+            assert_eq!(who(st, xvnc).await, Ended::Dom0);
+            let (xvnc, proxy, st) = desktop(&guest, &mut dom0_in).await;
+            killed(proxy);
+            assert_eq!(who(st, xvnc).await, Ended::Dom0);
 
-        // dom0 reset the stream while the guest was connected.
-        let (ours, _guest) = pair().await;
-        let probe = Probe::new(&ours).unwrap();
-        drop(ours);
-        assert_eq!(probe.ended(&StreamEnd::ResetByPeer), Ended::Dom0);
+            // Xvnc disconnects, or is killed: the proxy closes in turn.
+            let (xvnc, proxy, st) = desktop(&guest, &mut dom0_in).await;
+            drop(xvnc);
+            assert_eq!(who(st, proxy).await, Ended::Guest);
+            let (xvnc, proxy, st) = desktop(&guest, &mut dom0_in).await;
+            killed(xvnc);
+            assert_eq!(who(st, proxy).await, Ended::Guest);
 
-        // The guest reset it (Xvnc killed with unread data).
-        let (mut ours, guest) = pair().await;
-        let probe = Probe::new(&ours).unwrap();
-        ours.write_all(b"unread").await.unwrap();
-        // Closing with unread data resets the connection.
-        guest.readable().await.unwrap();
-        drop(guest);
-        let mut b = [0u8; 16];
-        assert!(ours.read(&mut b).await.is_err(), "a reset");
-        drop(ours);
-        assert_eq!(
-            probe.ended(&StreamEnd::ResetLocal("x".into())),
-            Ended::Guest
-        );
+            // Xvnc disconnects, and the proxy is killed once it has seen that: dom0
+            // resets a stream the guest had already ended.
+            let (xvnc, mut proxy, st) = desktop(&guest, &mut dom0_in).await;
+            drop(xvnc);
+            eof(&mut proxy).await;
+            killed(proxy);
+            assert_eq!(who_ended(&st.done().await), Ended::Guest);
+
+            // The backend goes away.
+            let (_xvnc, _proxy, st) = desktop(&guest, &mut dom0_in).await;
+            dom0.shutdown();
+            assert_eq!(who_ended(&st.done().await), Ended::Backend);
+        };
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("no hang");
     }
 }

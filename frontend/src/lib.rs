@@ -360,19 +360,16 @@ async fn accept_loop(
         };
         let service = service.clone();
         let limiter = limiter.clone();
-        // Taken before the socket moves into the multiplexer.
-        let watch = hooks
-            .clone()
-            .map(|hk| (hk.opening(), hook::Probe::new(&sock), hk));
+        let watch = hooks.clone().map(|hk| (hk.opening(), hk));
         tokio::spawn(
             async move {
                 match h.open(&service, sock).await {
                     Ok(s) => {
                         debug!(%service, %peer, stream = s.id(), "opened");
-                        if let Some((gen, probe, hk)) = watch {
+                        if let Some((gen, hk)) = watch {
                             let t0 = Instant::now();
                             let end = s.done().await;
-                            let how = probe.map_or(hook::Ended::Guest, |p| p.ended(&end));
+                            let how = hook::who_ended(&end);
                             debug!(%service, %peer, ?end, ?how, "ended");
                             hk.ended(gen, t0.elapsed(), how);
                         }
@@ -381,7 +378,7 @@ async fn accept_loop(
                         if let Some(n) = allow(&limiter) {
                             info!(suppressed = n, %service, %peer, "not opened: {e}");
                         }
-                        if let Some((gen, _, hk)) = watch {
+                        if let Some((gen, hk)) = watch {
                             match e {
                                 xenvt_ring::Error::Refused(_) => hk.refused(gen),
                                 _ => hk.ended(gen, Duration::ZERO, hook::Ended::Backend),

@@ -119,7 +119,8 @@ async fn sha_round(h: &MuxHandle, data: Vec<u8>) {
     };
     let ((), got) = tokio::join!(send, recv);
     assert_eq!(got, want, "digest of {} bytes", data.len());
-    assert_eq!(stream.done().await, StreamEnd::Closed);
+    // Our side shut down first: the digest comes only after our EOF.
+    assert_eq!(stream.done().await, StreamEnd::Closed { peer_first: false });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +141,7 @@ async fn echo_and_clean_close() {
             0,
             "EOF after echo side closes"
         );
-        assert_eq!(st.done().await, StreamEnd::Closed);
+        assert_eq!(st.done().await, StreamEnd::Closed { peer_first: false });
         let s = p.guest.stats();
         assert_eq!(s.streams_opened, 1);
         assert_eq!((s.bytes_tx, s.bytes_rx), (22, 22));
@@ -239,8 +240,11 @@ async fn half_close_each_way() {
             got.clear();
             first.read_to_end(&mut got).await.unwrap();
             assert_eq!(got, b"and back");
-            assert_eq!(sa.done().await, StreamEnd::Closed);
-            assert_eq!(sb.done().await, StreamEnd::Closed);
+            // Each side knows who shut down first: `second` saw EOF only after it.
+            let peer_first = !opener_first;
+            assert_eq!(sa.done().await, StreamEnd::Closed { peer_first });
+            let peer_first = opener_first;
+            assert_eq!(sb.done().await, StreamEnd::Closed { peer_first });
         }
     })
     .await
@@ -303,7 +307,7 @@ async fn tcp_sockets_work_too() {
         let ((), n) = tokio::join!(send, recv);
         n.unwrap();
         assert_eq!(got, want);
-        assert_eq!(st.done().await, StreamEnd::Closed);
+        assert_eq!(st.done().await, StreamEnd::Closed { peer_first: false });
     })
     .await
     .unwrap();

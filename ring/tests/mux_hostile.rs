@@ -223,7 +223,7 @@ async fn credit_overrun_resets_only_that_stream() {
         assert_eq!((h.op, h.stream, p.as_slice()), (Op::Rw, 4, &b"bye"[..]));
         let (h, _) = raw.next_ctrl().await.unwrap();
         assert_eq!((h.op, h.stream, h.flags), (Op::Shutdown, 4, SHUT_SEND));
-        assert_eq!(st.done().await, StreamEnd::Closed);
+        assert_eq!(st.done().await, StreamEnd::Closed { peer_first: true });
         assert!(!g.is_closed());
     })
     .await

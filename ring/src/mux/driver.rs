@@ -126,6 +126,9 @@ struct Stream {
     /// We shut down our socket's write half.
     wr_shut: bool,
     credit_queued: bool,
+    /// Who began the end: `Some(true)` the peer (SHUTDOWN or RST), `Some(false)`
+    /// our socket's EOF; set once, by whichever the driver saw first.
+    first_shut: Option<bool>,
 }
 
 impl Stream {
@@ -164,7 +167,19 @@ impl Stream {
             rx_eof: false,
             wr_shut: false,
             credit_queued: false,
+            first_shut: None,
         }
+    }
+
+    /// Notes that one side shut down; only the first one counts.
+    fn shut_by(&mut self, peer: bool) {
+        self.first_shut.get_or_insert(peer);
+    }
+
+    /// Whether the peer began the end. Only our own socket's EOF coming first
+    /// makes it false, so a peer cannot claim the end was ours.
+    fn peer_first(&self) -> bool {
+        self.first_shut != Some(false)
     }
 
     fn buffered(&self) -> usize {
@@ -312,7 +327,7 @@ impl State {
             self.queue(Op::Rst, 0, id, Vec::new());
         }
         if let Some(sock) = &s.sock {
-            if end != StreamEnd::Closed {
+            if !matches!(end, StreamEnd::Closed { .. }) {
                 sock.abort_on_close();
             }
         }
@@ -322,7 +337,7 @@ impl State {
         match s.phase {
             Phase::Requesting { service, reply, .. } => {
                 let err = match end {
-                    StreamEnd::ResetByPeer => Error::Refused(service),
+                    StreamEnd::ResetByPeer { .. } => Error::Refused(service),
                     StreamEnd::ResetLocal(m) => Error::Protocol(m),
                     _ => Error::MuxClosed(self.fatal.clone().unwrap_or(CloseReason::Shutdown)),
                 };
@@ -367,8 +382,20 @@ impl State {
             return;
         };
         if s.connected() && s.tx_eof && s.rx_eof && s.buffered() == 0 && s.wr_shut {
-            self.end(id, StreamEnd::Closed, false);
+            let peer_first = s.peer_first();
+            self.end(id, StreamEnd::Closed { peer_first }, false);
         }
+    }
+
+    /// Our socket read EOF: tell the peer we send no more.
+    fn local_eof(&mut self, id: u32) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        s.tx_eof = true;
+        s.shut_by(false);
+        self.queue(Op::Shutdown, SHUT_SEND, id, Vec::new());
+        self.maybe_close(id);
     }
 
     /// Takes the credit fields of a frame from the peer; false if they lie.
@@ -480,13 +507,15 @@ impl State {
                 None => self.ignored(h),
             },
             Op::Rst => {
-                if self.streams.contains_key(&id) {
+                if let Some(s) = self.streams.get(&id) {
+                    let peer_first = s.peer_first();
                     bump(&self.counters.resets_received, 1);
-                    self.end(id, StreamEnd::ResetByPeer, false);
+                    self.end(id, StreamEnd::ResetByPeer { peer_first }, false);
                 }
             }
             Op::Shutdown => match self.streams.get_mut(&id) {
                 Some(s) if s.connected() => {
+                    s.shut_by(true);
                     if h.flags & SHUT_SEND != 0 {
                         s.rx_eof = true;
                     }
@@ -775,7 +804,7 @@ impl State {
                 }
                 // The peer gave up on it meanwhile.
                 _ => {
-                    let _ = done.send(StreamEnd::ResetByPeer);
+                    let _ = done.send(StreamEnd::ResetByPeer { peer_first: true });
                 }
             },
             Cmd::Refuse { id } => {
@@ -1203,9 +1232,7 @@ impl Driver {
             }
         }
         if eof {
-            s.tx_eof = true;
-            self.st.queue(Op::Shutdown, SHUT_SEND, id, Vec::new());
-            self.st.maybe_close(id);
+            self.st.local_eof(id);
             return Ok(true);
         }
         match chan_err {
@@ -1326,8 +1353,153 @@ mod tests {
         st.streams.get_mut(&1).unwrap().head = 1;
         st.maybe_close(1);
         assert!(!st.streams.contains_key(&1));
-        assert_eq!(rx.try_recv().unwrap(), StreamEnd::Closed);
+        assert!(matches!(rx.try_recv().unwrap(), StreamEnd::Closed { .. }));
         assert!(st.ctrl.is_empty(), "a clean close sends no RST");
+    }
+
+    /// Stream 1, connected, with its end watched.
+    fn watched(st: &mut State) -> oneshot::Receiver<StreamEnd> {
+        let (done, rx) = oneshot::channel();
+        st.streams.insert(
+            1,
+            Stream::new(1, &Arc::default(), Phase::Connected, None, Some(done)),
+        );
+        rx
+    }
+
+    /// Frames from the peer, as the driver meets them in the ring.
+    fn feed(st: &mut State, frames: &[Header]) {
+        let mut buf = Vec::new();
+        for h in frames {
+            buf.extend_from_slice(&h.encode());
+            buf.resize(buf.len() + h.len as usize, b'x');
+        }
+        let n = buf.len();
+        let mut empty = [0u8; 0];
+        // SAFETY: `buf` and `empty` outlive `segs`, which is used only within this
+        // function, and nothing else touches them meanwhile.
+        let segs = unsafe { Segs::new([(buf.as_mut_ptr(), n), (empty.as_mut_ptr(), 0)]) };
+        assert_eq!(st.on_frames(segs, false), n);
+    }
+
+    fn shut(flags: u8) -> Header {
+        Header::new(Op::Shutdown, flags, 1, 0)
+    }
+
+    /// What `flush` does for a socket that takes everything: deliver what is
+    /// buffered, then pass on the peer's SHUTDOWN.
+    fn delivered(st: &mut State) {
+        if let Some(s) = st.streams.get_mut(&1) {
+            s.head = s.buf.len();
+            s.wr_shut |= s.rx_eof;
+        }
+        st.maybe_close(1);
+    }
+
+    #[test]
+    fn closed_says_we_shut_down_first() {
+        let mut st = state(MuxConfig::default());
+        let mut rx = watched(&mut st);
+        st.local_eof(1);
+        let c = st.ctrl.back().unwrap();
+        assert_eq!((c.op, c.flags), (Op::Shutdown, SHUT_SEND));
+        // The peer answers with its own SHUTDOWN, even asking us to stop reading.
+        feed(&mut st, &[shut(SHUT_SEND | SHUT_RCV)]);
+        assert!(rx.try_recv().is_err(), "our socket has not been told yet");
+        delivered(&mut st);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            StreamEnd::Closed { peer_first: false }
+        );
+    }
+
+    #[test]
+    fn closed_says_the_peer_shut_down_first() {
+        // SHUTDOWN(send): the peer's socket hit EOF; (rcv): it asks us to stop.
+        for flags in [SHUT_SEND, SHUT_RCV, SHUT_SEND | SHUT_RCV] {
+            let mut st = state(MuxConfig::default());
+            let mut rx = watched(&mut st);
+            feed(&mut st, &[shut(flags)]);
+            delivered(&mut st);
+            if st.streams.get(&1).is_some_and(|s| !s.tx_eof) {
+                st.local_eof(1);
+            }
+            if st.streams.get(&1).is_some_and(|s| !s.rx_eof) {
+                feed(&mut st, &[shut(SHUT_SEND)]);
+                delivered(&mut st);
+            }
+            assert_eq!(
+                rx.try_recv().unwrap(),
+                StreamEnd::Closed { peer_first: true },
+                "flags {flags}"
+            );
+        }
+    }
+
+    #[test]
+    fn resets_say_who_shut_down_first() {
+        let rst = Header::new(Op::Rst, 0, 1, 0);
+        // A reset out of the blue, after the peer's SHUTDOWN, after ours.
+        let cases: [(&[Header], bool, bool); 3] = [
+            (&[], false, true),
+            (&[shut(SHUT_SEND)], true, true),
+            (&[], true, false),
+        ];
+        for (before, our_eof, peer_first) in cases {
+            let mut st = state(MuxConfig::default());
+            let mut rx = watched(&mut st);
+            feed(&mut st, before);
+            if our_eof {
+                st.local_eof(1);
+            }
+            feed(&mut st, &[rst]);
+            assert_eq!(
+                rx.try_recv().unwrap(),
+                StreamEnd::ResetByPeer { peer_first }
+            );
+        }
+    }
+
+    /// Once the peer has shut down first, nothing it sends afterwards (more
+    /// SHUTDOWNs, a reset, data it may no longer send), nor our own EOF later,
+    /// makes the end read as ours.
+    #[test]
+    fn a_peer_cannot_make_its_end_read_as_ours() {
+        let follow = [
+            shut(SHUT_RCV),
+            shut(SHUT_SEND),
+            shut(SHUT_SEND | SHUT_RCV),
+            Header::new(Op::Rst, 0, 1, 0),
+            Header::new(Op::Rw, 0, 1, 1),
+            Header::new(Op::CreditRequest, 0, 1, 0),
+        ];
+        let mut ends = 0;
+        for first in [SHUT_RCV, SHUT_SEND, SHUT_SEND | SHUT_RCV] {
+            for a in &follow {
+                for b in &follow {
+                    let mut st = state(MuxConfig::default());
+                    let mut rx = watched(&mut st);
+                    feed(&mut st, &[shut(first), *a]);
+                    delivered(&mut st);
+                    if st.streams.get(&1).is_some_and(|s| !s.tx_eof) {
+                        st.local_eof(1);
+                    }
+                    feed(&mut st, &[*b]);
+                    delivered(&mut st);
+                    let Ok(end) = rx.try_recv() else { continue };
+                    ends += 1;
+                    assert!(
+                        !matches!(
+                            end,
+                            StreamEnd::Closed { peer_first: false }
+                                | StreamEnd::ResetByPeer { peer_first: false }
+                        ),
+                        "{first} {a:?} {b:?}: {end:?}"
+                    );
+                }
+            }
+        }
+        assert!(ends > 50, "most sequences end the stream ({ends})");
     }
 
     #[test]

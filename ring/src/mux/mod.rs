@@ -131,12 +131,23 @@ impl fmt::Display for CloseReason {
 }
 
 /// How one stream finished.
+///
+/// `peer_first` says which side began the end: it is false only when our local
+/// socket reached EOF (and we sent SHUTDOWN) before the peer sent any SHUTDOWN or
+/// RST. A peer can make it true by acting first, never false: that takes our own
+/// socket's EOF.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamEnd {
     /// Both directions were shut down cleanly and every byte delivered.
-    Closed,
+    Closed {
+        /// The peer shut down first (or asked us to stop sending).
+        peer_first: bool,
+    },
     /// The peer reset (or refused) it.
-    ResetByPeer,
+    ResetByPeer {
+        /// The reset (or a SHUTDOWN before it) came before our own SHUTDOWN.
+        peer_first: bool,
+    },
     /// We reset it: a local socket error or the peer broke the stream rules.
     ResetLocal(String),
     /// The multiplexer finished first.
