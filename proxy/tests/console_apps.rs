@@ -140,6 +140,7 @@ fn run_app<F: std::future::Future<Output = ()>>(
     });
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+    true
 }
 
 fn chars(s: &str) -> Vec<u32> {

@@ -110,22 +110,27 @@ pub fn check_tcp(addr: std::net::SocketAddr) -> Result<(), String> {
 
 /// Serves `l` until the future is dropped.
 pub async fn serve_unix(l: UnixListener, h: Arc<dyn Handler>) {
-    let sem = Arc::new(Semaphore::new(MAX_CONNS));
-    loop {
-        let Ok((s, _)) = l.accept().await else {
-            // Out of fds and the like: pause instead of spinning.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        spawn_conn(s, &sem, &h);
-    }
+    let l = &l;
+    serve(|| async move { l.accept().await.map(|(s, _)| s) }, h).await
 }
 
 /// Serves a loopback TCP listener until the future is dropped.
 pub async fn serve_tcp(l: TcpListener, h: Arc<dyn Handler>) {
+    let l = &l;
+    serve(|| async move { l.accept().await.map(|(s, _)| s) }, h).await
+}
+
+/// Answers what `accept` yields, at most [`MAX_CONNS`] at once.
+async fn serve<S, F, A>(mut accept: F, h: Arc<dyn Handler>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut() -> A,
+    A: std::future::Future<Output = io::Result<S>>,
+{
     let sem = Arc::new(Semaphore::new(MAX_CONNS));
     loop {
-        let Ok((s, _)) = l.accept().await else {
+        let Ok(s) = accept().await else {
+            // Out of fds and the like: pause instead of spinning.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
