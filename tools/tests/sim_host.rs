@@ -7,10 +7,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::chan_pair;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 use xenvt::harness::SimHost;
-use xenvt::sim::control::{DomainRef, Reply, Request};
+use xenvt::sim::control::{DomainInfo, DomainRef, Reply, Request};
 
 mod common;
 
@@ -30,6 +30,25 @@ async fn xenvt(dir: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .await
         .unwrap()
+}
+
+/// Starts `xenstore-watch PATH` in `dom` and waits for the event that fires
+/// at registration (so the watch, and the connection, exist); returns it and
+/// its further events.
+async fn xenstore_watch(dom: &DomainInfo, path: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut w = Command::new("xenstore-watch")
+        .arg(path)
+        .envs(xenvt::harness::env_for(dom))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(w.stdout.take().unwrap()).lines();
+    tokio::time::timeout(PROMPT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    (w, lines)
 }
 
 #[tokio::test]
@@ -70,33 +89,9 @@ async fn destroy_kills_the_domains_processes_and_fires_release_domain() {
     let dom0 = host.dom0().await.unwrap();
 
     // A guest process that holds a xenstore connection (so it is a member).
-    let mut guest = Command::new("xenstore-watch")
-        .arg("data")
-        .envs(xenvt::harness::env_for(&dom))
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut glines = BufReader::new(guest.stdout.take().unwrap()).lines();
-    // The first event fires at registration: the watch (and connection) exists.
-    tokio::time::timeout(PROMPT, glines.next_line())
-        .await
-        .unwrap()
-        .unwrap();
-
+    let (mut guest, _glines) = xenstore_watch(&dom, "data").await;
     // dom0 watches @releaseDomain.
-    let mut watcher = Command::new("xenstore-watch")
-        .arg("@releaseDomain")
-        .envs(xenvt::harness::env_for(&dom0))
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut wlines = BufReader::new(watcher.stdout.take().unwrap()).lines();
-    tokio::time::timeout(PROMPT, wlines.next_line())
-        .await
-        .unwrap()
-        .unwrap();
+    let (_watcher, mut wlines) = xenstore_watch(&dom0, "@releaseDomain").await;
 
     let reply = host
         .client()

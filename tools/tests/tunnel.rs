@@ -543,8 +543,18 @@ async fn cut_off(
     Ok(())
 }
 
-fn ms_between(a: Instant) -> u128 {
-    a.elapsed().as_millis()
+/// Kills (-9) `victim` and returns how many ms passed until `observer` said
+/// `seen`. The goal is 1 s (typically a few ms); callers bound it at 5 s only
+/// to catch a hang on a loaded machine.
+async fn ms_to_notice(
+    victim: &mut Daemon,
+    observer: &mut Daemon,
+    seen: &str,
+) -> anyhow::Result<u128> {
+    let t = Instant::now();
+    victim.kill9().await?;
+    observer.wait_for(seen).await?;
+    Ok(t.elapsed().as_millis())
 }
 
 #[tokio::test]
@@ -552,13 +562,8 @@ async fn backend_killed_mid_transfer() -> anyhow::Result<()> {
     let mut s = Setup::new().await?;
     let agent_fds = s.agent.fd_count()?;
     let (sender, d) = endless_transfer(&mut s).await?;
-    let t = Instant::now();
-    s.backend.kill9().await?;
-    s.agent.wait_for("backend gone").await?;
-    let seen = ms_between(t);
+    let seen = ms_to_notice(&mut s.backend, &mut s.agent, "backend gone").await?;
     eprintln!("agent saw the backend die after {seen} ms");
-    // The goal is 1 s (typically a few ms); the bound only guards against a hang
-    // on a loaded machine.
     assert!(seen < 5000, "agent took {seen} ms to see the backend die");
     broken_promptly(sender, d).await?;
     // The dead backend's mappings and ports went with it.
@@ -580,10 +585,7 @@ async fn agent_killed_mid_transfer() -> anyhow::Result<()> {
     let mut s = Setup::new().await?;
     let backend_fds = s.backend.fd_count()?;
     let (sender, d) = endless_transfer(&mut s).await?;
-    let t = Instant::now();
-    s.agent.kill9().await?;
-    s.backend.wait_for("agent detached").await?;
-    let seen = ms_between(t);
+    let seen = ms_to_notice(&mut s.agent, &mut s.backend, "agent detached").await?;
     eprintln!("backend saw the agent die after {seen} ms");
     assert!(seen < 5000, "backend took {seen} ms to see the agent die");
     // The sender's TCP peer (the agent) is gone; the delivered stream ends.
