@@ -793,6 +793,7 @@ fn print_table(soak: &Soak, seed: u64, n_dom: u16, churn: f64, fd_leak: usize, h
         rss.get(k)
             .map_or("-".into(), |v| format!("{:.1} MiB", *v as f64 / 1024.0))
     };
+    let n = |v: &AtomicU64| get(v).to_string();
     let rows: Vec<(&str, String)> = vec![
         ("seed", seed.to_string()),
         (
@@ -800,50 +801,26 @@ fn print_table(soak: &Soak, seed: u64, n_dom: u16, churn: f64, fd_leak: usize, h
             n_dom.to_string(),
         ),
         ("churn seconds", format!("{churn:.0}")),
-        (
-            "transfers completed and checked",
-            get(&c.transfers_ok).to_string(),
-        ),
-        (
-            "bytes moved and checked (sha256)",
-            get(&c.bytes_checked).to_string(),
-        ),
-        ("viewer sessions", get(&c.viewer_sessions).to_string()),
+        ("transfers completed and checked", n(&c.transfers_ok)),
+        ("bytes moved and checked (sha256)", n(&c.bytes_checked)),
+        ("viewer sessions", n(&c.viewer_sessions)),
         (
             "viewer connects refused or cut (faults)",
-            get(&c.viewer_failures).to_string(),
+            n(&c.viewer_failures),
         ),
-        (
-            "view switches (ctrl-alt-F1/F7)",
-            get(&c.view_switches).to_string(),
-        ),
-        ("frame updates received", get(&c.frames).to_string()),
-        (
-            "faults: agent kill -9 + restart",
-            get(&c.agent_kills).to_string(),
-        ),
-        (
-            "faults: backend kill -9 + restart",
-            get(&c.backend_kills).to_string(),
-        ),
-        (
-            "faults: proxy kill -9 + restart",
-            get(&c.proxy_kills).to_string(),
-        ),
-        (
-            "faults: desktop restarts",
-            get(&c.desktop_restarts).to_string(),
-        ),
+        ("view switches (ctrl-alt-F1/F7)", n(&c.view_switches)),
+        ("frame updates received", n(&c.frames)),
+        ("faults: agent kill -9 + restart", n(&c.agent_kills)),
+        ("faults: backend kill -9 + restart", n(&c.backend_kills)),
+        ("faults: proxy kill -9 + restart", n(&c.proxy_kills)),
+        ("faults: desktop restarts", n(&c.desktop_restarts)),
         (
             "transfers cut by a fault on their path",
-            get(&c.transfers_cut_by_fault).to_string(),
+            n(&c.transfers_cut_by_fault),
         ),
-        ("**mismatches**", get(&c.mismatches).to_string()),
-        (
-            "**transfers cut with no fault**",
-            get(&c.unexplained_cuts).to_string(),
-        ),
-        ("**transfers hung**", get(&c.hangs).to_string()),
+        ("**mismatches**", n(&c.mismatches)),
+        ("**transfers cut with no fault**", n(&c.unexplained_cuts)),
+        ("**transfers hung**", n(&c.hangs)),
         (
             "**leaked fds** (backend, proxy, agents vs. start)",
             fd_leak.to_string(),
