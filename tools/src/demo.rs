@@ -4,7 +4,9 @@
 //! it connects through agent -> channel -> backend -> proxy.
 //!
 //! The pieces ([`Chain`], [`Desktop`], [`Proc`]) are public so the chain test can
-//! drive the same setup with its own checks.
+//! drive the same setup with its own checks; the soak starts its processes, the
+//! proxy and Xvnc with the same helpers ([`Proc::spawn_tied`], [`start_proxy`],
+//! [`start_xvnc`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
