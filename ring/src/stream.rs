@@ -10,7 +10,7 @@
 //! re-check and its wait, the write half would sleep through the kick meant for it.
 //! Two rules prevent that:
 //!
-//! 1. Each half stores its waker in [`Hub`] *before* it posts its request and
+//! 1. Each half stores its waker in `Hub` *before* it posts its request and
 //!    re-checks the ring.
 //! 2. Whoever drains the event fd then wakes every stored waker.
 //!
