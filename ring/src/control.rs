@@ -368,14 +368,12 @@ impl<'r, T> PerDomain<'_, 'r, T> {
     {
         self.e.head(name, kind, help);
         for (row, (id, dom)) in self.rows.iter().zip(&self.keys) {
+            let (id, dom) = (("domid", id.as_str()), ("name", *dom));
             for (extra, v) in samples(row) {
-                let all = [
-                    ("domid", id.as_str()),
-                    ("name", dom),
-                    (label.unwrap_or(""), extra),
-                ];
-                let n = if label.is_some() { 3 } else { 2 };
-                self.e.sample(name, &all[..n], v);
+                match label {
+                    Some(l) => self.e.sample(name, &[id, dom, (l, extra)], v),
+                    None => self.e.sample(name, &[id, dom], v),
+                }
             }
         }
     }
