@@ -390,7 +390,8 @@ pub async fn start_proxy(
         .env("XENVT_LOG", "info")
         .arg("--config")
         .arg(cfg);
-    let mut proxy = Proc::start(c, "proxy", log, !tied)?;
+    let spawn = if tied { Proc::spawn_tied } else { Proc::spawn };
+    let mut proxy = spawn(c, "proxy", log)?;
     let ready = proxy.lines_until("xenvt-proxy: ready").await?;
     proxy.release();
     let (mut viewers, mut web) = (Vec::new(), None);
@@ -451,11 +452,15 @@ pub async fn start_xvnc(
     if let Some(s) = spec.unix_socket {
         c.arg("-rfbunixpath").arg(s);
     }
-    let mut x = Proc::start(
+    let spawn = if spec.tied {
+        Proc::spawn_tied
+    } else {
+        Proc::spawn
+    };
+    let mut x = spawn(
         c,
         &format!("Xvnc-{}", dom.name),
         &logs.join(format!("{}-xvnc.log", dom.name)),
-        !spec.tied,
     )?;
     let rx = x.lines.as_mut().context("no lines")?;
     // -displayfd: Xvnc writes its display number once it accepts clients.
