@@ -562,7 +562,8 @@ impl Chain {
 
     /// Starts a desktop in guest `g` (an index in [`Chain::guests`]): Xvnc, the
     /// root colour, the agent (listening on a free loopback port as service
-    /// `vnc`) and, if asked, an xterm. Returns its index.
+    /// `vnc`) and, if asked, an xterm. Returns its index once the backend has
+    /// attached to the agent.
     pub async fn start_desktop(&mut self, g: usize, spec: &DesktopSpec) -> anyhow::Result<usize> {
         let dom = self.guests.get(g).context("no such guest")?.clone();
         let env = env_for(&dom);
@@ -622,9 +623,14 @@ impl Chain {
             )?);
         }
         desk.agent.wait_for("channel published").await?;
-        if spec.hook {
-            desk.agent.wait_for("hook").await?;
-        }
+        // The agent closes connections until a backend attaches (its hook runs
+        // then), so a `Desktop::connect` before that would be lost.
+        let attached = if spec.hook {
+            "hook"
+        } else {
+            "backend connected"
+        };
+        desk.agent.wait_for(attached).await?;
         self.desktops.push(desk);
         Ok(self.desktops.len() - 1)
     }
