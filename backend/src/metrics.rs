@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
-use xenvt_ring::control::{Exposition, Handler, Kind, JSON_TYPE, METRICS_TYPE};
+use xenvt_ring::control::{metrics_or_status, Exposition, Handler, Kind};
 use xenvt_ring::mux::{MuxHandle, MuxStats};
 
 /// Where a guest's agent is, as the backend sees it.
@@ -228,106 +228,92 @@ impl Registry {
     /// The Prometheus text.
     pub fn metrics(&self) -> String {
         let st = self.status();
-        let ids: Vec<String> = st.domains.iter().map(|d| d.domid.to_string()).collect();
-        let labels: Vec<[(&str, &str); 2]> = st
-            .domains
-            .iter()
-            .zip(&ids)
-            .map(|(d, id)| [("domid", id.as_str()), ("name", d.name.as_str())])
-            .collect();
         let mut e = Exposition::new();
-        let mut fam = |name: &str, kind: Kind, help: &str, f: &dyn Fn(&GuestStatus) -> u64| {
-            e.family(
-                name,
-                kind,
-                help,
-                st.domains.iter().zip(&labels).map(|(d, l)| (&l[..], f(d))),
-            );
-        };
+        let mut fam = e.per_domain(&st.domains, |d| (d.domid, d.name.as_str()));
         let states = ["waiting", "attaching", "attached", "backoff"];
-        fam(
+        fam.family(
             "xenvt_backend_agent_attached",
             Kind::Gauge,
             "1 when the guest's agent is attached (its channel mapped and the mux running).",
-            &|d| u64::from(d.agent_state == "attached"),
+            |d| u64::from(d.agent_state == "attached"),
         );
-        fam(
+        fam.family(
             "xenvt_backend_agent_state",
             Kind::Gauge,
             "The agent state: 0 waiting, 1 attaching, 2 attached, 3 backoff.",
-            &|d| states.iter().position(|s| *s == d.agent_state).unwrap_or(0) as u64,
+            |d| states.iter().position(|s| *s == d.agent_state).unwrap_or(0) as u64,
         );
-        fam(
+        fam.family(
             "xenvt_backend_ring_order_to_guest",
             Kind::Gauge,
             "Order (log2 bytes) of the dom0-to-guest ring; 0 when there is no channel.",
-            &|d| d.ring_order_to_guest.into(),
+            |d| d.ring_order_to_guest.into(),
         );
-        fam(
+        fam.family(
             "xenvt_backend_ring_order_from_guest",
             Kind::Gauge,
             "Order (log2 bytes) of the guest-to-dom0 ring; 0 when there is no channel.",
-            &|d| d.ring_order_from_guest.into(),
+            |d| d.ring_order_from_guest.into(),
         );
-        fam(
+        fam.family(
             "xenvt_backend_streams_open",
             Kind::Gauge,
             "Streams open or pending now.",
-            &|d| d.streams_open,
+            |d| d.streams_open,
         );
-        fam(
+        fam.family(
             "xenvt_backend_streams_opened_total",
             Kind::Counter,
             "Streams opened, both directions.",
-            &|d| d.streams_opened,
+            |d| d.streams_opened,
         );
-        fam(
+        fam.family(
             "xenvt_backend_streams_refused_total",
             Kind::Counter,
             "Stream requests refused (unknown service, limit, service down).",
-            &|d| d.streams_refused,
+            |d| d.streams_refused,
         );
-        fam(
+        fam.family(
             "xenvt_backend_streams_reset_total",
             Kind::Counter,
             "Streams reset by either side.",
-            &|d| d.streams_reset,
+            |d| d.streams_reset,
         );
-        fam(
+        fam.family(
             "xenvt_backend_bytes_to_guest_total",
             Kind::Counter,
             "Stream payload bytes carried into the guest.",
-            &|d| d.bytes_to_guest,
+            |d| d.bytes_to_guest,
         );
-        fam(
+        fam.family(
             "xenvt_backend_bytes_from_guest_total",
             Kind::Counter,
             "Stream payload bytes carried out of the guest.",
-            &|d| d.bytes_from_guest,
+            |d| d.bytes_from_guest,
         );
-        fam(
+        fam.family(
             "xenvt_backend_credit_stalls_total",
             Kind::Counter,
             "Times a stream had data for the guest but no credit.",
-            &|d| d.credit_stalls,
+            |d| d.credit_stalls,
         );
-        fam(
+        fam.family(
             "xenvt_backend_frames_rejected_total",
             Kind::Counter,
             "Frames from the guest rejected for breaking the stream or framing rules.",
-            &|d| d.frames_rejected,
+            |d| d.frames_rejected,
         );
-        fam(
+        fam.family(
             "xenvt_backend_reconnects_total",
             Kind::Counter,
             "Agent attachments after the first.",
-            &|d| d.reconnects,
+            |d| d.reconnects,
         );
-        e.family(
+        e.single(
             "xenvt_backend_domains",
             Kind::Gauge,
             "Guests served.",
-            [(&[][..], st.domains.len() as u64)],
+            st.domains.len() as u64,
         );
         e.finish()
     }
@@ -335,19 +321,14 @@ impl Registry {
 
 impl Handler for Registry {
     fn get(&self, path: &str) -> Option<(&'static str, String)> {
-        match path {
-            "/metrics" => Some((METRICS_TYPE, self.metrics())),
-            "/status" => Some((
-                JSON_TYPE,
-                serde_json::to_string(&self.status()).unwrap_or_else(|_| "{}".into()),
-            )),
-            _ => None,
-        }
+        metrics_or_status(path, || self.metrics(), || self.status())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use xenvt_ring::control::JSON_TYPE;
+
     use super::*;
 
     #[test]

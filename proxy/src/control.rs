@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::Serialize;
-use xenvt_ring::control::{Exposition, Handler, Kind, JSON_TYPE, METRICS_TYPE};
+use xenvt_ring::control::{metrics_or_status, Exposition, Handler, Kind};
 
 use crate::daemon::Directory;
 use crate::metrics::Disconnect;
@@ -89,107 +89,70 @@ impl Control {
     /// The Prometheus text.
     pub fn metrics(&self) -> String {
         let st = self.status();
-        let ids: Vec<String> = st.domains.iter().map(|d| d.domid.to_string()).collect();
-        let labels: Vec<[(&str, &str); 2]> = st
-            .domains
-            .iter()
-            .zip(&ids)
-            .map(|(d, id)| [("domid", id.as_str()), ("name", d.name.as_str())])
-            .collect();
         let mut e = Exposition::new();
-        let mut fam = |name: &str, kind: Kind, help: &str, f: &dyn Fn(&DomainStatus) -> u64| {
-            e.family(
-                name,
-                kind,
-                help,
-                st.domains.iter().zip(&labels).map(|(d, l)| (&l[..], f(d))),
-            );
-        };
-        fam(
+        let mut fam = e.per_domain(&st.domains, |d| (d.domid, d.name.as_str()));
+        fam.family(
             "xenvt_proxy_viewers",
             Kind::Gauge,
             "Viewers attached now.",
-            &|d| d.viewers,
+            |d| d.viewers,
         );
-        fam(
+        fam.family(
             "xenvt_proxy_desktop_connected",
             Kind::Gauge,
             "1 while the domain has a desktop view (an upstream desktop is connected).",
-            &|d| u64::from(d.desktop == "connected"),
+            |d| u64::from(d.desktop == "connected"),
         );
-        fam(
+        fam.family(
             "xenvt_proxy_updates_sent_total",
             Kind::Counter,
             "FramebufferUpdates sent to viewers.",
-            &|d| d.updates_sent,
+            |d| d.updates_sent,
         );
-        fam(
+        fam.family(
             "xenvt_proxy_viewer_bytes_total",
             Kind::Counter,
             "Bytes sent to viewers.",
-            &|d| d.bytes_to_viewers,
+            |d| d.bytes_to_viewers,
         );
-        fam(
+        fam.family(
             "xenvt_proxy_upstream_bytes_total",
             Kind::Counter,
             "Bytes read from upstream desktops.",
-            &|d| d.upstream_bytes,
+            |d| d.upstream_bytes,
         );
-        fam(
+        fam.family(
             "xenvt_proxy_view_switches_total",
             Kind::Counter,
             "Changes of the current view.",
-            &|d| d.view_switches,
+            |d| d.view_switches,
         );
-        fam(
+        fam.family(
             "xenvt_proxy_viewers_connected_total",
             Kind::Counter,
             "Viewers that completed the handshake.",
-            &|d| d.viewers_connected,
+            |d| d.viewers_connected,
         );
         // The current view as an info-style gauge: 1 for the view shown.
-        let view_labels: Vec<[(&str, &str); 3]> = st
-            .domains
-            .iter()
-            .zip(&ids)
-            .map(|(d, id)| {
-                [
-                    ("domid", id.as_str()),
-                    ("name", d.name.as_str()),
-                    ("view", d.view.as_str()),
-                ]
-            })
-            .collect();
-        e.family(
+        fam.labelled(
             "xenvt_proxy_current_view",
             Kind::Gauge,
             "1 for the view viewers of the domain see now (label view).",
-            view_labels.iter().map(|l| (&l[..], 1)),
+            "view",
+            |d| [(d.view.as_str(), 1)],
         );
-        let mut reasons = Vec::new();
-        for (d, id) in st.domains.iter().zip(&ids) {
-            for (r, n) in &d.viewer_disconnects {
-                reasons.push((
-                    [
-                        ("domid", id.as_str()),
-                        ("name", d.name.as_str()),
-                        ("reason", *r),
-                    ],
-                    *n,
-                ));
-            }
-        }
-        e.family(
+        fam.labelled(
             "xenvt_proxy_viewer_disconnects_total",
             Kind::Counter,
             "Viewer sessions ended, by reason: left, handshake, protocol, io, closed.",
-            reasons.iter().map(|(l, n)| (&l[..], *n)),
+            "reason",
+            |d| d.viewer_disconnects.iter().map(|(r, n)| (*r, *n)),
         );
-        e.family(
+        e.single(
             "xenvt_proxy_domains",
             Kind::Gauge,
             "Domains served.",
-            [(&[][..], st.domains.len() as u64)],
+            st.domains.len() as u64,
         );
         e.finish()
     }
@@ -197,13 +160,6 @@ impl Control {
 
 impl Handler for Control {
     fn get(&self, path: &str) -> Option<(&'static str, String)> {
-        match path {
-            "/metrics" => Some((METRICS_TYPE, self.metrics())),
-            "/status" => Some((
-                JSON_TYPE,
-                serde_json::to_string(&self.status()).unwrap_or_else(|_| "{}".into()),
-            )),
-            _ => None,
-        }
+        metrics_or_status(path, || self.metrics(), || self.status())
     }
 }

@@ -110,22 +110,27 @@ pub fn check_tcp(addr: std::net::SocketAddr) -> Result<(), String> {
 
 /// Serves `l` until the future is dropped.
 pub async fn serve_unix(l: UnixListener, h: Arc<dyn Handler>) {
-    let sem = Arc::new(Semaphore::new(MAX_CONNS));
-    loop {
-        let Ok((s, _)) = l.accept().await else {
-            // Out of fds and the like: pause instead of spinning.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        spawn_conn(s, &sem, &h);
-    }
+    let l = &l;
+    serve(|| async move { l.accept().await.map(|(s, _)| s) }, h).await
 }
 
 /// Serves a loopback TCP listener until the future is dropped.
 pub async fn serve_tcp(l: TcpListener, h: Arc<dyn Handler>) {
+    let l = &l;
+    serve(|| async move { l.accept().await.map(|(s, _)| s) }, h).await
+}
+
+/// Answers what `accept` yields, at most [`MAX_CONNS`] at once.
+async fn serve<S, F, A>(mut accept: F, h: Arc<dyn Handler>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut() -> A,
+    A: std::future::Future<Output = io::Result<S>>,
+{
     let sem = Arc::new(Semaphore::new(MAX_CONNS));
     loop {
-        let Ok((s, _)) = l.accept().await else {
+        let Ok(s) = accept().await else {
+            // Out of fds and the like: pause instead of spinning.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -259,31 +264,135 @@ impl Exposition {
     where
         I: IntoIterator<Item = (&'a [(&'a str, &'a str)], u64)>,
     {
+        self.head(name, kind, help);
+        for (labels, v) in samples {
+            self.sample(name, labels, v);
+        }
+    }
+
+    /// A family of one sample without labels, such as a count of domains.
+    pub fn single(&mut self, name: &str, kind: Kind, help: &str, value: u64) {
+        self.family(name, kind, help, [(&[][..], value)]);
+    }
+
+    /// Families with a sample per domain of `rows`, labelled `domid` and
+    /// `name` as `key` gives them: both daemons label their domains alike.
+    pub fn per_domain<'e, 'r, T>(
+        &'e mut self,
+        rows: &'r [T],
+        key: impl Fn(&'r T) -> (u16, &'r str),
+    ) -> PerDomain<'e, 'r, T> {
+        let keys = rows
+            .iter()
+            .map(|r| {
+                let (id, name) = key(r);
+                (id.to_string(), name)
+            })
+            .collect();
+        PerDomain {
+            e: self,
+            rows,
+            keys,
+        }
+    }
+
+    fn head(&mut self, name: &str, kind: Kind, help: &str) {
         let kind = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
         };
         let _ = writeln!(self.out, "# HELP {name} {}", help.replace('\n', " "));
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            self.out.push_str(name);
-            if !labels.is_empty() {
-                self.out.push('{');
-                for (i, (k, val)) in labels.iter().enumerate() {
-                    if i > 0 {
-                        self.out.push(',');
-                    }
-                    let _ = write!(self.out, "{k}=\"{}\"", escape(val));
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: u64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
                 }
-                self.out.push('}');
+                let _ = write!(self.out, "{k}=\"{}\"", escape(val));
             }
-            let _ = writeln!(self.out, " {v}");
+            self.out.push('}');
         }
+        let _ = writeln!(self.out, " {v}");
     }
 
     /// The text.
     pub fn finish(self) -> String {
         self.out
+    }
+}
+
+/// Families over a list of domains; see [`Exposition::per_domain`].
+#[derive(Debug)]
+pub struct PerDomain<'e, 'r, T> {
+    e: &'e mut Exposition,
+    rows: &'r [T],
+    /// Each row's domain id (as text) and name.
+    keys: Vec<(String, &'r str)>,
+}
+
+impl<'r, T> PerDomain<'_, 'r, T> {
+    /// A family with one sample per domain: `value` of its row.
+    pub fn family(&mut self, name: &str, kind: Kind, help: &str, value: impl Fn(&'r T) -> u64) {
+        self.emit(name, kind, help, None, |r| [("", value(r))]);
+    }
+
+    /// A family with an extra label `label`: each domain has a sample per
+    /// (label value, value) that `samples` gives for its row, or none.
+    pub fn labelled<'v, I>(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &str,
+        label: &str,
+        samples: impl Fn(&'r T) -> I,
+    ) where
+        I: IntoIterator<Item = (&'v str, u64)>,
+    {
+        self.emit(name, kind, help, Some(label), samples);
+    }
+
+    fn emit<'v, I>(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &str,
+        label: Option<&str>,
+        samples: impl Fn(&'r T) -> I,
+    ) where
+        I: IntoIterator<Item = (&'v str, u64)>,
+    {
+        self.e.head(name, kind, help);
+        for (row, (id, dom)) in self.rows.iter().zip(&self.keys) {
+            let (id, dom) = (("domid", id.as_str()), ("name", *dom));
+            for (extra, v) in samples(row) {
+                match label {
+                    Some(l) => self.e.sample(name, &[id, dom, (l, extra)], v),
+                    None => self.e.sample(name, &[id, dom], v),
+                }
+            }
+        }
+    }
+}
+
+/// The answer of a daemon whose endpoint serves `/metrics` (the text `metrics`
+/// makes) and `/status` (`status` as JSON); `None` (404) for other paths.
+pub fn metrics_or_status<S: serde::Serialize>(
+    path: &str,
+    metrics: impl FnOnce() -> String,
+    status: impl FnOnce() -> S,
+) -> Option<(&'static str, String)> {
+    match path {
+        "/metrics" => Some((METRICS_TYPE, metrics())),
+        "/status" => Some((
+            JSON_TYPE,
+            serde_json::to_string(&status()).unwrap_or_else(|_| "{}".into()),
+        )),
+        _ => None,
     }
 }
 
@@ -329,6 +438,55 @@ mod tests {
             "# HELP xenvt_x_total Things.\n# TYPE xenvt_x_total counter\n\
              xenvt_x_total{domid=\"3\",name=\"a\\\"b\\\\c\\nd\"} 7\nxenvt_x_total 1\n"
         );
+    }
+
+    #[test]
+    fn per_domain_families_label_every_row() {
+        struct D {
+            id: u16,
+            name: &'static str,
+            n: u64,
+            why: Vec<(&'static str, u64)>,
+        }
+        let rows = [
+            D {
+                id: 1,
+                name: "a",
+                n: 5,
+                why: vec![("io", 2), ("left", 0)],
+            },
+            D {
+                id: 2,
+                name: "b\"",
+                n: 6,
+                why: vec![],
+            },
+        ];
+        let mut e = Exposition::new();
+        let mut fam = e.per_domain(&rows, |d| (d.id, d.name));
+        fam.family("x_n", Kind::Gauge, "N.", |d| d.n);
+        fam.labelled("x_why_total", Kind::Counter, "Why.", "reason", |d| {
+            d.why.iter().copied()
+        });
+        e.single("x_domains", Kind::Gauge, "Domains.", 2);
+        assert_eq!(
+            e.finish(),
+            "# HELP x_n N.\n# TYPE x_n gauge\n\
+             x_n{domid=\"1\",name=\"a\"} 5\nx_n{domid=\"2\",name=\"b\\\"\"} 6\n\
+             # HELP x_why_total Why.\n# TYPE x_why_total counter\n\
+             x_why_total{domid=\"1\",name=\"a\",reason=\"io\"} 2\n\
+             x_why_total{domid=\"1\",name=\"a\",reason=\"left\"} 0\n\
+             # HELP x_domains Domains.\n# TYPE x_domains gauge\nx_domains 2\n"
+        );
+    }
+
+    #[test]
+    fn metrics_and_status_paths() {
+        let m = metrics_or_status("/metrics", || "m 1\n".into(), || [1, 2]);
+        assert_eq!(m, Some((METRICS_TYPE, "m 1\n".to_owned())));
+        let s = metrics_or_status("/status", String::new, || [1, 2]);
+        assert_eq!(s, Some((JSON_TYPE, "[1,2]".to_owned())));
+        assert_eq!(metrics_or_status("/x", String::new, || [1, 2]), None);
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@
 //! re-check and its wait, the write half would sleep through the kick meant for it.
 //! Two rules prevent that:
 //!
-//! 1. Each half stores its waker in [`Hub`] *before* it posts its request and
+//! 1. Each half stores its waker in `Hub` *before* it posts its request and
 //!    re-checks the ring.
 //! 2. Whoever drains the event fd then wakes every stored waker.
 //!
@@ -293,35 +293,49 @@ impl ChannelStream {
     }
 }
 
-impl AsyncRead for ChannelStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.shared.poll_read(cx, buf)
-    }
+/// `AsyncRead` for a type that holds `shared`: the same code the halves and
+/// the whole stream run, written once.
+macro_rules! impl_async_read {
+    ($t:ty) => {
+        impl AsyncRead for $t {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                self.shared.poll_read(cx, buf)
+            }
+        }
+    };
 }
 
-impl AsyncWrite for ChannelStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.shared.poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Written bytes are already in the ring and the peer was kicked if it asked.
-        Poll::Ready(Ok(()))
-    }
-    /// Closes the channel. vchan has no half-close: this ends both directions
-    /// (the peer still reads what we wrote, then EOF; we may still drain ours).
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.shared.chan.close();
-        Poll::Ready(Ok(()))
-    }
+/// `AsyncWrite` for a type that holds `shared`. Shutting down closes the
+/// channel: vchan has no half-close, so this ends both directions (the peer
+/// still reads what we wrote, then EOF; we may still drain ours).
+macro_rules! impl_async_write {
+    ($t:ty) => {
+        impl AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                self.shared.poll_write(cx, buf)
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                // Written bytes are already in the ring and the peer was kicked if it asked.
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                self.shared.chan.close();
+                Poll::Ready(Ok(()))
+            }
+        }
+    };
 }
+
+impl_async_read!(ChannelStream);
+impl_async_write!(ChannelStream);
 
 /// The reading half of a [`ChannelStream`].
 pub struct ChannelReader {
@@ -348,15 +362,7 @@ impl ChannelReader {
     }
 }
 
-impl AsyncRead for ChannelReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.shared.poll_read(cx, buf)
-    }
-}
+impl_async_read!(ChannelReader);
 
 /// The writing half of a [`ChannelStream`]. Dropping or shutting it down closes
 /// the channel, like shutting down a socket's write side (the peer reads what we
@@ -385,22 +391,7 @@ impl ChannelWriter {
     }
 }
 
-impl AsyncWrite for ChannelWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.shared.poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.shared.chan.close();
-        Poll::Ready(Ok(()))
-    }
-}
+impl_async_write!(ChannelWriter);
 
 impl Drop for ChannelWriter {
     fn drop(&mut self) {

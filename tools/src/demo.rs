@@ -4,7 +4,9 @@
 //! it connects through agent -> channel -> backend -> proxy.
 //!
 //! The pieces ([`Chain`], [`Desktop`], [`Proc`]) are public so the chain test can
-//! drive the same setup with its own checks.
+//! drive the same setup with its own checks; the soak starts its processes, the
+//! proxy and Xvnc with the same helpers ([`Proc::spawn_tied`], [`start_proxy`],
+//! [`start_xvnc`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,23 +60,45 @@ pub struct DemoArgs {
     pub guests: u16,
 }
 
-/// A child process in a process group of its own (so a terminal's ctrl-c reaches
-/// only the demo, which stops everything in order). Its output goes to a log
-/// file; its lines are also kept for [`Proc::wait_for`].
+/// A child process whose output goes to a log file; its lines are also kept
+/// for [`Proc::wait_for`] until [`Proc::release`] (after which memory stays
+/// bounded however long it runs).
 pub struct Proc {
     child: Child,
+    pid: u32,
     label: String,
-    lines: mpsc::UnboundedReceiver<String>,
+    lines: Option<mpsc::UnboundedReceiver<String>>,
+    /// In a process group of its own, and sent SIGTERM when dropped.
+    own_group: bool,
 }
 
 impl Proc {
-    /// Starts `cmd` with its stdout and stderr appended to `log`.
-    pub fn spawn(mut cmd: Command, label: &str, log: &Path) -> anyhow::Result<Proc> {
+    /// Starts `cmd` in a process group of its own (so a terminal's ctrl-c
+    /// reaches only the demo, which stops everything in order), with its stdout
+    /// and stderr appended to `log`.
+    pub fn spawn(cmd: Command, label: &str, log: &Path) -> anyhow::Result<Proc> {
+        Proc::start(cmd, label, log, true)
+    }
+
+    /// As [`Proc::spawn`], but in our process group and killed (-9) when
+    /// dropped: for runs that kill processes on purpose, such as the soak.
+    pub fn spawn_tied(cmd: Command, label: &str, log: &Path) -> anyhow::Result<Proc> {
+        Proc::start(cmd, label, log, false)
+    }
+
+    fn start(mut cmd: Command, label: &str, log: &Path, own_group: bool) -> anyhow::Result<Proc> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+            .stderr(Stdio::piped());
+        if own_group {
+            cmd.process_group(0);
+        } else {
+            cmd.kill_on_drop(true);
+        }
         let mut child = cmd.spawn().with_context(|| format!("start {label}"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("{label} exited at once"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -106,9 +130,16 @@ impl Proc {
         }
         Ok(Proc {
             child,
+            pid,
             label: label.to_owned(),
-            lines: rx,
+            lines: Some(rx),
+            own_group,
         })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Waits (at most [`PATIENCE`]) for an output line containing `needle` and
@@ -121,9 +152,13 @@ impl Proc {
     /// As [`Proc::wait_for`], but returns every line read, the match last.
     pub async fn lines_until(&mut self, needle: &str) -> anyhow::Result<Vec<String>> {
         let label = &self.label;
+        let rx = self
+            .lines
+            .as_mut()
+            .ok_or_else(|| anyhow!("{label}: lines already released"))?;
         let fut = async {
             let mut seen = Vec::new();
-            while let Some(l) = self.lines.recv().await {
+            while let Some(l) = rx.recv().await {
                 let hit = l.contains(needle);
                 seen.push(l);
                 if hit {
@@ -137,37 +172,51 @@ impl Proc {
             .map_err(|_| anyhow!("{label} did not say {needle:?} in time"))?
     }
 
+    /// Stops offering lines (they still go to the log file).
+    pub fn release(&mut self) {
+        self.lines = None;
+    }
+
+    /// SIGKILL, and reap.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
     /// SIGTERM, then waits (at most [`PATIENCE`], then SIGKILL) for the exit.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
+        self.signal_term();
         match tokio::time::timeout(PATIENCE, self.child.wait()).await {
             Ok(r) => {
                 r?;
                 Ok(())
             }
             Err(_) => {
-                let _ = self.child.start_kill();
-                self.child.wait().await?;
+                self.kill9().await?;
                 bail!("{} ignored SIGTERM and was killed", self.label)
             }
+        }
+    }
+
+    /// SIGTERM, unless it was reaped already (its pid may be another's now).
+    fn signal_term(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
     }
 }
 
 impl Drop for Proc {
-    /// On an early return the process still gets SIGTERM rather than SIGKILL, so
-    /// Xvnc removes its lock files and the daemons their xenstore nodes and sockets.
+    /// On an early return a process of its own group still gets SIGTERM rather
+    /// than SIGKILL, so Xvnc removes its lock files and the daemons their
+    /// xenstore nodes and sockets.
     fn drop(&mut self) {
-        if let (Ok(None), Some(pid)) = (self.child.try_wait(), self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+        if self.own_group {
+            self.signal_term();
         }
     }
 }
@@ -208,22 +257,7 @@ impl Desktop {
 
     /// Runs an X client to completion inside the guest.
     pub async fn run(&self, prog: &str, args: &[&str]) -> anyhow::Result<()> {
-        let st = tokio::time::timeout(
-            PATIENCE,
-            Command::new(prog)
-                .envs(self.env.iter().cloned())
-                .args(["-display", &self.x_display()])
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .status(),
-        )
-        .await
-        .map_err(|_| anyhow!("{prog} did not finish"))?
-        .with_context(|| format!("run {prog}"))?;
-        ensure!(st.success(), "{prog} {args:?} failed: {st}");
-        Ok(())
+        run_x_client(&self.env, self.display, prog, args, Stdio::inherit()).await
     }
 
     /// Makes Xvnc reverse-connect to the agent (`vncconfig -connect`).
@@ -272,8 +306,184 @@ pub struct ProxyOptions {
 }
 
 /// A TOML string literal.
-fn lit(s: &str) -> String {
+pub fn lit(s: &str) -> String {
     format!("{s:?}")
+}
+
+/// Runs the X client `prog` to completion (at most [`PATIENCE`]) on `display`
+/// inside the guest that `env` is for, its stderr to `stderr`.
+pub async fn run_x_client(
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+    display: u32,
+    prog: &str,
+    args: &[&str],
+    stderr: Stdio,
+) -> anyhow::Result<()> {
+    let st = tokio::time::timeout(
+        PATIENCE,
+        Command::new(prog)
+            .envs(env.iter().cloned())
+            .args(["-display", &format!(":{display}")])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .status(),
+    )
+    .await
+    .map_err(|_| anyhow!("{prog} did not finish"))?
+    .with_context(|| format!("run {prog}"))?;
+    ensure!(st.success(), "{prog} {args:?} failed: {st}");
+    Ok(())
+}
+
+/// The proxy's config for `guests` (consoles from xenstore) that takes
+/// desktops from the backend on `desktop_sock` and writes console logs to
+/// `log_dir`.
+pub fn proxy_config(
+    opts: &ProxyOptions,
+    desktop_sock: &Path,
+    log_dir: &Path,
+    guests: &[DomainInfo],
+) -> String {
+    let mut cfg = format!(
+        "[viewer]\nlisten = \"127.0.0.1\"\nsecurity = \"none\"\nport_base = {}\n\
+         [upstream]\nbackend_socket = {}\n\
+         [console]\nlog_dir = {}\n\
+         [xenstore]\nenabled = true\n",
+        opts.port_base,
+        lit(&desktop_sock.display().to_string()),
+        lit(&log_dir.display().to_string()),
+    );
+    for g in guests {
+        cfg += &format!(
+            "[[domain]]\ndomid = {}\nname = {}\nconsole = \"xenstore\"\n",
+            g.id,
+            lit(&g.name)
+        );
+    }
+    if let Some(w) = opts.web {
+        cfg += &format!("[web]\nlisten = {}\n", lit(&w.to_string()));
+        if let Some(d) = &opts.novnc_dir {
+            cfg += &format!("novnc_dir = {}\n", lit(&d.display().to_string()));
+        }
+    }
+    cfg
+}
+
+/// A running proxy and what its ready lines said: the viewer address of each
+/// domain and the web listener.
+pub type StartedProxy = (Proc, Vec<(u16, SocketAddr)>, Option<SocketAddr>);
+
+/// Starts the proxy `exe` in `dom0` with config `cfg`, its output to `log`,
+/// and waits until it is ready. `tied`: see [`Proc::spawn_tied`].
+pub async fn start_proxy(
+    exe: &Path,
+    dom0: &DomainInfo,
+    cfg: &Path,
+    log: &Path,
+    tied: bool,
+) -> anyhow::Result<StartedProxy> {
+    let mut c = Command::new(exe);
+    c.envs(env_for(dom0))
+        .env("XENVT_LOG", "info")
+        .arg("--config")
+        .arg(cfg);
+    let spawn = if tied { Proc::spawn_tied } else { Proc::spawn };
+    let mut proxy = spawn(c, "proxy", log)?;
+    let ready = proxy.lines_until("xenvt-proxy: ready").await?;
+    proxy.release();
+    let (mut viewers, mut web) = (Vec::new(), None);
+    for l in ready {
+        let Some(rest) = l.strip_prefix("xenvt-proxy: ") else {
+            continue;
+        };
+        let kv = |k: &str| {
+            rest.split(' ')
+                .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_owned))
+        };
+        if rest.starts_with("viewers ") {
+            if let (Some(d), Some(a)) = (kv("domain"), kv("addr")) {
+                viewers.push((d.parse()?, a.parse()?));
+            }
+        } else if rest.starts_with("web ") {
+            web = kv("addr").map(|a| a.parse()).transpose()?;
+        }
+    }
+    Ok((proxy, viewers, web))
+}
+
+/// How to start a guest's Xvnc.
+#[derive(Debug, Clone, Copy)]
+pub struct XvncSpec<'a> {
+    /// The display number; `None`: the first free one.
+    pub display: Option<u32>,
+    /// `-geometry`.
+    pub geometry: &'a str,
+    /// Also serve RFB on this unix socket.
+    pub unix_socket: Option<&'a Path>,
+    /// See [`Proc::spawn_tied`].
+    pub tied: bool,
+}
+
+/// Starts Xvnc in `dom` (its log in `logs`) and waits until it accepts
+/// clients; returns it and its display number.
+pub async fn start_xvnc(
+    dom: &DomainInfo,
+    spec: XvncSpec<'_>,
+    logs: &Path,
+) -> anyhow::Result<(Proc, u32)> {
+    let mut c = Command::new("Xvnc");
+    c.envs(env_for(dom));
+    if let Some(d) = spec.display {
+        c.arg(format!(":{d}"));
+    }
+    c.args([
+        "-displayfd",
+        "1",
+        "-rfbport",
+        "-1",
+        "-SecurityTypes",
+        "None",
+    ])
+    .args(["-geometry", spec.geometry, "-depth", "24"])
+    .args(["-nolisten", "tcp", "-desktop", &dom.name]);
+    if let Some(s) = spec.unix_socket {
+        c.arg("-rfbunixpath").arg(s);
+    }
+    let spawn = if spec.tied {
+        Proc::spawn_tied
+    } else {
+        Proc::spawn
+    };
+    let mut x = spawn(
+        c,
+        &format!("Xvnc-{}", dom.name),
+        &logs.join(format!("{}-xvnc.log", dom.name)),
+    )?;
+    let rx = x.lines.as_mut().context("no lines")?;
+    // -displayfd: Xvnc writes its display number once it accepts clients.
+    let n = tokio::time::timeout(PATIENCE, async {
+        while let Some(l) = rx.recv().await {
+            if let Ok(n) = l.trim().parse::<u32>() {
+                return Some(n);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or_else(|| {
+        anyhow!(
+            "Xvnc for {} reported no display (see {})",
+            dom.name,
+            logs.display()
+        )
+    })?;
+    x.release();
+    Ok((x, n))
 }
 
 impl Chain {
@@ -293,54 +503,19 @@ impl Chain {
         let dom0 = host.dom0().await?;
         let desktop_sock = tmp.path().join("desktop.sock");
 
-        let mut proxy_cfg = format!(
-            "[viewer]\nlisten = \"127.0.0.1\"\nsecurity = \"none\"\nport_base = {}\n\
-             [upstream]\nbackend_socket = {}\n\
-             [console]\nlog_dir = {}\n\
-             [xenstore]\nenabled = true\n",
-            opts.port_base,
-            lit(&desktop_sock.display().to_string()),
-            lit(&tmp.path().join("logs").display().to_string()),
-        );
-        for g in &guests {
-            proxy_cfg += &format!(
-                "[[domain]]\ndomid = {}\nname = {}\nconsole = \"xenstore\"\n",
-                g.id,
-                lit(&g.name)
-            );
-        }
-        if let Some(w) = opts.web {
-            proxy_cfg += &format!("[web]\nlisten = {}\n", lit(&w.to_string()));
-            if let Some(d) = &opts.novnc_dir {
-                proxy_cfg += &format!("novnc_dir = {}\n", lit(&d.display().to_string()));
-            }
-        }
         let cfg = tmp.path().join("proxy.toml");
-        std::fs::write(&cfg, proxy_cfg)?;
-        let mut c = Command::new(&proxy_exe);
-        c.envs(env_for(&dom0))
-            .env("XENVT_LOG", "info")
-            .arg("--config")
-            .arg(&cfg);
-        let mut proxy = Proc::spawn(c, "proxy", &tmp.path().join("logs/proxy.log"))?;
-        let ready = proxy.lines_until("xenvt-proxy: ready").await?;
-        let (mut viewers, mut web) = (Vec::new(), None);
-        for l in ready {
-            let Some(rest) = l.strip_prefix("xenvt-proxy: ") else {
-                continue;
-            };
-            let kv = |k: &str| {
-                rest.split(' ')
-                    .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_owned))
-            };
-            if rest.starts_with("viewers ") {
-                if let (Some(d), Some(a)) = (kv("domain"), kv("addr")) {
-                    viewers.push((d.parse()?, a.parse()?));
-                }
-            } else if rest.starts_with("web ") {
-                web = kv("addr").map(|a| a.parse()).transpose()?;
-            }
-        }
+        std::fs::write(
+            &cfg,
+            proxy_config(opts, &desktop_sock, &tmp.path().join("logs"), &guests),
+        )?;
+        let (proxy, viewers, web) = start_proxy(
+            &proxy_exe,
+            &dom0,
+            &cfg,
+            &tmp.path().join("logs/proxy.log"),
+            false,
+        )
+        .await?;
 
         let cfg = tmp.path().join("backend.toml");
         std::fs::write(
@@ -387,44 +562,19 @@ impl Chain {
 
     /// Starts a desktop in guest `g` (an index in [`Chain::guests`]): Xvnc, the
     /// root colour, the agent (listening on a free loopback port as service
-    /// `vnc`) and, if asked, an xterm. Returns its index.
+    /// `vnc`) and, if asked, an xterm. Returns its index once the backend has
+    /// attached to the agent.
     pub async fn start_desktop(&mut self, g: usize, spec: &DesktopSpec) -> anyhow::Result<usize> {
         let dom = self.guests.get(g).context("no such guest")?.clone();
         let env = env_for(&dom);
         let logs = self.logs();
-        let mut c = Command::new("Xvnc");
-        c.envs(env.iter().cloned())
-            .args([
-                "-displayfd",
-                "1",
-                "-rfbport",
-                "-1",
-                "-SecurityTypes",
-                "None",
-            ])
-            .args(["-geometry", &spec.geometry, "-depth", "24"])
-            .args(["-nolisten", "tcp", "-desktop", &dom.name]);
-        if let Some(s) = &spec.unix_socket {
-            c.arg("-rfbunixpath").arg(s);
-        }
-        let mut xvnc = Proc::spawn(
-            c,
-            &format!("Xvnc-{}", dom.name),
-            &logs.join(format!("{}-xvnc.log", dom.name)),
-        )?;
-        // -displayfd: Xvnc writes its display number once it accepts clients.
-        let display = tokio::time::timeout(PATIENCE, async {
-            while let Some(l) = xvnc.lines.recv().await {
-                if let Ok(n) = l.trim().parse::<u32>() {
-                    return Some(n);
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .ok_or_else(|| anyhow!("Xvnc did not report a display (see {})", logs.display()))?;
+        let xspec = XvncSpec {
+            display: None,
+            geometry: &spec.geometry,
+            unix_socket: spec.unix_socket.as_deref(),
+            tied: false,
+        };
+        let (xvnc, display) = start_xvnc(&dom, xspec, &logs).await?;
 
         let port = free_port()?;
         let agent_addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -473,9 +623,14 @@ impl Chain {
             )?);
         }
         desk.agent.wait_for("channel published").await?;
-        if spec.hook {
-            desk.agent.wait_for("hook").await?;
-        }
+        // The agent closes connections until a backend attaches (its hook runs
+        // then), so a `Desktop::connect` before that would be lost.
+        let attached = if spec.hook {
+            "hook"
+        } else {
+            "backend connected"
+        };
+        desk.agent.wait_for(attached).await?;
         self.desktops.push(desk);
         Ok(self.desktops.len() - 1)
     }
@@ -487,19 +642,7 @@ impl Chain {
 
     /// What each domain shows now, from the proxy's `/domains.json`: (id, view).
     pub async fn views(&self) -> anyhow::Result<Vec<(u16, String)>> {
-        let web = self.web.context("the proxy has no web listener")?;
-        let body = http_get(web, "/domains.json").await?;
-        let v: serde_json::Value = serde_json::from_str(&body).context("domains.json")?;
-        let list = v.as_array().context("domains.json is not a list")?;
-        Ok(list
-            .iter()
-            .filter_map(|d| {
-                Some((
-                    u16::try_from(d.get("domid")?.as_u64()?).ok()?,
-                    d.get("view")?.as_str()?.to_owned(),
-                ))
-            })
-            .collect())
+        views(self.web.context("the proxy has no web listener")?).await
     }
 
     /// Waits (at most [`PATIENCE`]) until domain `id` shows `view`. The proxy has no
@@ -556,22 +699,39 @@ impl Chain {
     }
 }
 
+/// What each domain shows now, from the proxy's `/domains.json` on `web`:
+/// (id, view).
+pub async fn views(web: SocketAddr) -> anyhow::Result<Vec<(u16, String)>> {
+    let body = http_get(web, "/domains.json").await?;
+    let v: serde_json::Value = serde_json::from_str(&body).context("domains.json")?;
+    let list = v.as_array().context("domains.json is not a list")?;
+    Ok(list
+        .iter()
+        .filter_map(|d| {
+            Some((
+                u16::try_from(d.get("domid")?.as_u64()?).ok()?,
+                d.get("view")?.as_str()?.to_owned(),
+            ))
+        })
+        .collect())
+}
+
 /// The status names a view `NAME \u{2014} console` or `NAME \u{2014} desktop (...)`.
-fn shows(status: &str, view: &str) -> bool {
+pub fn shows(status: &str, view: &str) -> bool {
     status
         .rsplit_once(" \u{2014} ")
         .is_some_and(|(_, v)| v == view || v.starts_with(&format!("{view} (")))
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// A small HTTP/1.0 GET; returns the body of a 200 answer.
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())

@@ -22,9 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
 use clap::Args;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use xenvt_proxy::rfb::handshake::{client_handshake, ClientConfig};
@@ -34,6 +33,11 @@ use xenvt_proxy::rfb::{
 };
 
 use crate::bench::tunnel::rig::{sibling, Daemon, Rig};
+use crate::demo::{
+    free_port, lit, proxy_config, run_x_client, shows, start_proxy, start_xvnc, views, Proc,
+    ProxyOptions, XvncSpec,
+};
+use crate::harness::env_for;
 use crate::pattern::{expected_sha256, Checker, Source};
 use crate::sim::control::DomainInfo;
 
@@ -136,112 +140,6 @@ impl FaultClock {
     }
 }
 
-/// A child process whose output goes to a log file; its lines are offered to
-/// [`Kid::lines_until`] until it is ready, then only logged (so memory stays
-/// bounded). Unlike the demo's `Proc` it can be killed with -9 and its pid read,
-/// which the faults and the RSS figures need.
-struct Kid {
-    child: Child,
-    pid: u32,
-    label: String,
-    lines: Option<mpsc::UnboundedReceiver<String>>,
-}
-
-impl Kid {
-    fn spawn(mut cmd: Command, label: &str, log: &Path) -> anyhow::Result<Kid> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().with_context(|| format!("start {label}"))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| anyhow!("{label} exited at once"))?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("open {}", log.display()))?;
-        let file = Arc::new(Mutex::new(file));
-        let (tx, rx) = mpsc::unbounded_channel();
-        let out = child.stdout.take().map(|s| Box::new(s) as Box<_>);
-        let err = child.stderr.take().map(|s| Box::new(s) as Box<_>);
-        for s in [out, err].into_iter().flatten() {
-            let s: Box<dyn AsyncRead + Unpin + Send> = s;
-            let (tx, file) = (tx.clone(), file.clone());
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(s).lines();
-                while let Ok(Some(l)) = lines.next_line().await {
-                    {
-                        use std::io::Write;
-                        let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
-                        let _ = writeln!(f, "{l}");
-                    }
-                    let _ = tx.send(l);
-                }
-            });
-        }
-        Ok(Kid {
-            child,
-            pid,
-            label: label.to_owned(),
-            lines: Some(rx),
-        })
-    }
-
-    /// Every line up to the first that contains `needle` (at most [`PATIENCE`]).
-    async fn lines_until(&mut self, needle: &str) -> anyhow::Result<Vec<String>> {
-        let label = &self.label;
-        let rx = self
-            .lines
-            .as_mut()
-            .ok_or_else(|| anyhow!("{label}: lines already released"))?;
-        let fut = async {
-            let mut seen = Vec::new();
-            while let Some(l) = rx.recv().await {
-                let hit = l.contains(needle);
-                seen.push(l);
-                if hit {
-                    return Ok(seen);
-                }
-            }
-            bail!("{label} ended before saying {needle:?}")
-        };
-        tokio::time::timeout(PATIENCE, fut)
-            .await
-            .map_err(|_| anyhow!("{label} did not say {needle:?} in time"))?
-    }
-
-    /// Stops offering lines (they still go to the log file).
-    fn release(&mut self) {
-        self.lines = None;
-    }
-
-    async fn kill9(&mut self) -> anyhow::Result<()> {
-        self.child.start_kill()?;
-        self.child.wait().await?;
-        Ok(())
-    }
-
-    /// SIGTERM, then waits (at most [`PATIENCE`], then SIGKILL).
-    async fn term(&mut self) -> anyhow::Result<()> {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        match tokio::time::timeout(PATIENCE, self.child.wait()).await {
-            Ok(r) => {
-                r?;
-                Ok(())
-            }
-            Err(_) => {
-                self.kill9().await?;
-                bail!("{} ignored SIGTERM", self.label)
-            }
-        }
-    }
-}
-
 /// Peak resident memory (VmHWM) of a process in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -258,18 +156,6 @@ fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-/// A loopback port nobody listens on right now.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// A TOML string literal.
-fn lit(s: &str) -> String {
-    format!("{s:?}")
-}
-
 /// One guest.
 struct Dom {
     info: DomainInfo,
@@ -278,7 +164,7 @@ struct Dom {
     data_port: u16,
     agent: Daemon,
     agent_toml: String,
-    xvnc: Kid,
+    xvnc: Proc,
     /// Streams the backend delivered for this guest's "up" service.
     up_rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<UnixStream>>>,
     /// Where the agent connects this guest's "down" streams.
@@ -292,7 +178,7 @@ struct Soak {
     logs: PathBuf,
     backend_toml: String,
     backend: tokio::sync::Mutex<Daemon>,
-    proxy: tokio::sync::Mutex<Kid>,
+    proxy: tokio::sync::Mutex<Proc>,
     doms: Vec<tokio::sync::Mutex<Dom>>,
     /// Per domain: its fault clock's view for transfers (shared, lock-free).
     clocks: Vec<Arc<FaultClock>>,
@@ -320,52 +206,18 @@ impl Soak {
         self.run_dir().join(name).join("down.sock")
     }
 
-    /// Starts the proxy and reads its viewer and web addresses.
-    async fn start_proxy(
-        exe: &Path,
-        dom0: &DomainInfo,
-        cfg: &Path,
-        log: &Path,
-    ) -> anyhow::Result<(Kid, BTreeMap<u16, SocketAddr>, Option<SocketAddr>)> {
-        let mut c = Command::new(exe);
-        c.envs(crate::harness::env_for(dom0))
-            .env("XENVT_LOG", "info")
-            .arg("--config")
-            .arg(cfg);
-        let mut p = Kid::spawn(c, "proxy", log)?;
-        let ready = p.lines_until("xenvt-proxy: ready").await?;
-        p.release();
-        let (mut viewers, mut web) = (BTreeMap::new(), None);
-        for l in ready {
-            let Some(rest) = l.strip_prefix("xenvt-proxy: ") else {
-                continue;
-            };
-            let kv = |k: &str| {
-                rest.split(' ')
-                    .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_owned))
-            };
-            if rest.starts_with("viewers ") {
-                if let (Some(d), Some(a)) = (kv("domain"), kv("addr")) {
-                    viewers.insert(d.parse()?, a.parse()?);
-                }
-            } else if rest.starts_with("web ") {
-                web = kv("addr").map(|a| a.parse()).transpose()?;
-            }
-        }
-        Ok((p, viewers, web))
-    }
-
     async fn restart_proxy(&self) -> anyhow::Result<()> {
         let dom0 = self.rig.host.dom0().await?;
-        let (p, v, w) = Self::start_proxy(
+        let (p, v, w) = start_proxy(
             &self.proxy_exe,
             &dom0,
             &self.rig.path("proxy.toml"),
             &self.logs.join("proxy.log"),
+            true,
         )
         .await?;
         *self.proxy.lock().await = p;
-        *self.viewers.lock().unwrap_or_else(|p| p.into_inner()) = v;
+        *self.viewers.lock().unwrap_or_else(|p| p.into_inner()) = v.into_iter().collect();
         *self.web.lock().unwrap_or_else(|p| p.into_inner()) = w;
         Ok(())
     }
@@ -376,43 +228,14 @@ impl Soak {
         &self,
         dom: &DomainInfo,
         display: Option<u32>,
-    ) -> anyhow::Result<(Kid, u32)> {
-        let mut c = Command::new("Xvnc");
-        c.envs(crate::harness::env_for(dom));
-        if let Some(d) = display {
-            c.arg(format!(":{d}"));
-        }
-        c.args([
-            "-displayfd",
-            "1",
-            "-rfbport",
-            "-1",
-            "-SecurityTypes",
-            "None",
-        ])
-        .args(["-geometry", "640x480", "-depth", "24"])
-        .args(["-nolisten", "tcp", "-desktop", &dom.name]);
-        let mut x = Kid::spawn(
-            c,
-            &format!("Xvnc-{}", dom.name),
-            &self.logs.join(format!("{}-xvnc.log", dom.name)),
-        )?;
-        let rx = x.lines.as_mut().context("no lines")?;
-        // -displayfd: Xvnc writes its display number once it accepts clients.
-        let n = tokio::time::timeout(PATIENCE, async {
-            while let Some(l) = rx.recv().await {
-                if let Ok(n) = l.trim().parse::<u32>() {
-                    return Some(n);
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .ok_or_else(|| anyhow!("Xvnc for {} reported no display", dom.name))?;
-        x.release();
-        Ok((x, n))
+    ) -> anyhow::Result<(Proc, u32)> {
+        let spec = XvncSpec {
+            display,
+            geometry: "640x480",
+            unix_socket: None,
+            tied: true,
+        };
+        start_xvnc(dom, spec, &self.logs).await
     }
 
     /// Runs `vncconfig -connect` so the desktop reverse-connects through the agent.
@@ -422,22 +245,15 @@ impl Soak {
         display: u32,
         vnc_port: u16,
     ) -> anyhow::Result<()> {
-        let st = tokio::time::timeout(
-            PATIENCE,
-            Command::new("vncconfig")
-                .envs(crate::harness::env_for(dom))
-                .args(["-display", &format!(":{display}")])
-                .args(["-connect", &format!("127.0.0.1:{vnc_port}")])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .status(),
+        let to = format!("127.0.0.1:{vnc_port}");
+        run_x_client(
+            &env_for(dom),
+            display,
+            "vncconfig",
+            &["-connect", &to],
+            Stdio::null(),
         )
         .await
-        .map_err(|_| anyhow!("vncconfig did not finish"))??;
-        ensure!(st.success(), "vncconfig -connect failed: {st}");
-        Ok(())
     }
 
     fn agent_toml(display: u32, vnc_port: u16, data_port: u16, down_port: u16) -> String {
@@ -535,7 +351,7 @@ impl Soak {
     async fn kill_proxy(&self) -> anyhow::Result<()> {
         {
             let mut p = self.proxy.lock().await;
-            self.note_rss("proxy", p.pid);
+            self.note_rss("proxy", p.pid());
             p.kill9().await?;
         }
         self.restart_proxy().await?;
@@ -552,7 +368,7 @@ impl Soak {
 
     async fn restart_desktop(&self, i: usize) -> anyhow::Result<()> {
         let mut d = self.doms[i].lock().await;
-        d.xvnc.term().await?;
+        d.xvnc.stop().await?;
         let (x, n) = self.start_xvnc(&d.info, Some(d.display)).await?;
         ensure!(n == d.display, "Xvnc came back on :{n}, not :{}", d.display);
         d.xvnc = x;
@@ -763,13 +579,10 @@ impl Soak {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .context("the proxy has no web listener")?;
-        let body = http_get(web, "/domains.json").await?;
-        let v: serde_json::Value = serde_json::from_str(&body).context("domains.json")?;
-        v.as_array()
-            .context("domains.json is not a list")?
-            .iter()
-            .find(|d| d.get("domid").and_then(|x| x.as_u64()) == Some(u64::from(id)))
-            .and_then(|d| d.get("view")?.as_str().map(str::to_owned))
+        views(web)
+            .await?
+            .into_iter()
+            .find_map(|(d, v)| (d == id).then_some(v))
             .ok_or_else(|| anyhow!("domains.json has no domain {id}"))
     }
 
@@ -831,14 +644,14 @@ impl Soak {
             if let Err(e) = d.agent.term().await {
                 problems.push(format!("agent of {}: {e:#}", d.info.name));
             }
-            if let Err(e) = d.xvnc.term().await {
+            if let Err(e) = d.xvnc.stop().await {
                 problems.push(format!("Xvnc of {}: {e:#}", d.info.name));
             }
         }
         if let Err(e) = self.backend.lock().await.term().await {
             problems.push(format!("backend: {e:#}"));
         }
-        if let Err(e) = self.proxy.lock().await.term().await {
+        if let Err(e) = self.proxy.lock().await.stop().await {
             problems.push(format!("proxy: {e:#}"));
         }
     }
@@ -846,7 +659,7 @@ impl Soak {
     /// File descriptors of (backend, proxy, all agents).
     async fn fds(&self) -> (usize, usize, usize) {
         let b = fd_count(self.backend.lock().await.pid());
-        let p = fd_count(self.proxy.lock().await.pid);
+        let p = fd_count(self.proxy.lock().await.pid());
         let mut a = 0;
         for d in &self.doms {
             a += fd_count(d.lock().await.agent.pid());
@@ -880,13 +693,6 @@ fn switch_keys(fkey: u32, m: &mut Vec<u8>) {
     ] {
         ClientMessage::KeyEvent { down, key }.write(m);
     }
-}
-
-/// The status names a view `NAME \u{2014} VIEW` or `NAME \u{2014} VIEW (detail)`.
-fn shows(status: &str, view: &str) -> bool {
-    status
-        .rsplit_once(" \u{2014} ")
-        .is_some_and(|(_, v)| v == view || v.starts_with(&format!("{view} (")))
 }
 
 fn is_cut(e: &std::io::Error) -> bool {
@@ -958,29 +764,6 @@ async fn receive<S: AsyncRead + Unpin>(mut s: S, id: u64, n: u64) -> Result<Opti
     Ok(Some(()))
 }
 
-/// A small HTTP/1.0 GET; returns the body of a 200 answer.
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = Vec::new();
-        (&mut s).take(1 << 20).read_to_end(&mut buf).await?;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| anyhow!("no HTTP header"))?;
-        ensure!(
-            head.starts_with("HTTP/1.") && head.contains(" 200 "),
-            "GET {path}: {head}"
-        );
-        Ok(body.to_owned())
-    };
-    tokio::time::timeout(PATIENCE, fut)
-        .await
-        .map_err(|_| anyhow!("GET {path} timed out"))?
-}
-
 /// Routes each delivered "up" stream to its guest by the PROXY v2 header.
 async fn dispatch(l: UnixListener, routes: BTreeMap<u16, mpsc::UnboundedSender<UnixStream>>) {
     while let Ok((mut s, _)) = l.accept().await {
@@ -1010,6 +793,7 @@ fn print_table(soak: &Soak, seed: u64, n_dom: u16, churn: f64, fd_leak: usize, h
         rss.get(k)
             .map_or("-".into(), |v| format!("{:.1} MiB", *v as f64 / 1024.0))
     };
+    let n = |v: &AtomicU64| get(v).to_string();
     let rows: Vec<(&str, String)> = vec![
         ("seed", seed.to_string()),
         (
@@ -1017,50 +801,26 @@ fn print_table(soak: &Soak, seed: u64, n_dom: u16, churn: f64, fd_leak: usize, h
             n_dom.to_string(),
         ),
         ("churn seconds", format!("{churn:.0}")),
-        (
-            "transfers completed and checked",
-            get(&c.transfers_ok).to_string(),
-        ),
-        (
-            "bytes moved and checked (sha256)",
-            get(&c.bytes_checked).to_string(),
-        ),
-        ("viewer sessions", get(&c.viewer_sessions).to_string()),
+        ("transfers completed and checked", n(&c.transfers_ok)),
+        ("bytes moved and checked (sha256)", n(&c.bytes_checked)),
+        ("viewer sessions", n(&c.viewer_sessions)),
         (
             "viewer connects refused or cut (faults)",
-            get(&c.viewer_failures).to_string(),
+            n(&c.viewer_failures),
         ),
-        (
-            "view switches (ctrl-alt-F1/F7)",
-            get(&c.view_switches).to_string(),
-        ),
-        ("frame updates received", get(&c.frames).to_string()),
-        (
-            "faults: agent kill -9 + restart",
-            get(&c.agent_kills).to_string(),
-        ),
-        (
-            "faults: backend kill -9 + restart",
-            get(&c.backend_kills).to_string(),
-        ),
-        (
-            "faults: proxy kill -9 + restart",
-            get(&c.proxy_kills).to_string(),
-        ),
-        (
-            "faults: desktop restarts",
-            get(&c.desktop_restarts).to_string(),
-        ),
+        ("view switches (ctrl-alt-F1/F7)", n(&c.view_switches)),
+        ("frame updates received", n(&c.frames)),
+        ("faults: agent kill -9 + restart", n(&c.agent_kills)),
+        ("faults: backend kill -9 + restart", n(&c.backend_kills)),
+        ("faults: proxy kill -9 + restart", n(&c.proxy_kills)),
+        ("faults: desktop restarts", n(&c.desktop_restarts)),
         (
             "transfers cut by a fault on their path",
-            get(&c.transfers_cut_by_fault).to_string(),
+            n(&c.transfers_cut_by_fault),
         ),
-        ("**mismatches**", get(&c.mismatches).to_string()),
-        (
-            "**transfers cut with no fault**",
-            get(&c.unexplained_cuts).to_string(),
-        ),
-        ("**transfers hung**", get(&c.hangs).to_string()),
+        ("**mismatches**", n(&c.mismatches)),
+        ("**transfers cut with no fault**", n(&c.unexplained_cuts)),
+        ("**transfers hung**", n(&c.hangs)),
         (
             "**leaked fds** (backend, proxy, agents vs. start)",
             fd_leak.to_string(),
@@ -1110,26 +870,19 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
     let dom0 = rig.host.dom0().await?;
     let desktop_sock = rig.path("desktop.sock");
     let data_sock = rig.path("data.sock");
-    let mut proxy_cfg = format!(
-        "[viewer]\nlisten = \"127.0.0.1\"\nsecurity = \"none\"\nport_base = 0\n\
-         [upstream]\nbackend_socket = {}\n[console]\nlog_dir = {}\n\
-         [xenstore]\nenabled = true\n[web]\nlisten = \"127.0.0.1:0\"\n",
-        lit(&desktop_sock.display().to_string()),
-        lit(&logs.display().to_string()),
-    );
-    for d in &infos {
-        proxy_cfg += &format!(
-            "[[domain]]\ndomid = {}\nname = {}\nconsole = \"xenstore\"\n",
-            d.id,
-            lit(&d.name)
-        );
-    }
+    let opts = ProxyOptions {
+        port_base: 0,
+        web: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        novnc_dir: None,
+    };
+    let proxy_cfg = proxy_config(&opts, &desktop_sock, &logs, &infos);
     std::fs::write(rig.path("proxy.toml"), proxy_cfg)?;
-    let (proxy, viewers, web) = Soak::start_proxy(
+    let (proxy, viewers, web) = start_proxy(
         &proxy_exe,
         &dom0,
         &rig.path("proxy.toml"),
         &logs.join("proxy.log"),
+        true,
     )
     .await?;
     let data_l = UnixListener::bind(&data_sock)?;
@@ -1163,7 +916,7 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
             .map(|_| Arc::new(FaultClock::default()))
             .collect(),
         names: names.clone(),
-        viewers: Mutex::new(viewers),
+        viewers: Mutex::new(viewers.into_iter().collect()),
         web: Mutex::new(web),
         c: Counters::default(),
         peak_rss: Mutex::new(BTreeMap::new()),
@@ -1270,7 +1023,7 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
         + fds1.1.saturating_sub(fds0.1)
         + fds1.2.saturating_sub(fds0.2);
     soak.note_rss("backend", soak.backend.lock().await.pid());
-    soak.note_rss("proxy", soak.proxy.lock().await.pid);
+    soak.note_rss("proxy", soak.proxy.lock().await.pid());
     for d in &soak.doms {
         soak.note_rss("agent", d.lock().await.agent.pid());
     }

@@ -63,6 +63,20 @@ fn arg(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Saves what a viewer of `addr` sees in `file` (vncdotool).
+async fn capture(vncdo_exe: &Path, addr: SocketAddr, file: &Path) {
+    vncdo(vncdo_exe, addr, &["capture", arg(file)])
+        .await
+        .unwrap();
+}
+
+/// Presses `key` in the viewer `addr` of domain `id`, then waits until the
+/// domain shows `view`.
+async fn switch(chain: &Chain, vncdo_exe: &Path, addr: SocketAddr, id: u16, key: &str, view: &str) {
+    vncdo(vncdo_exe, addr, &["key", key]).await.unwrap();
+    chain.wait_view(id, view).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_desktop_crosses_agent_channel_backend_and_proxy_pixel_for_pixel() {
     let Some(vncdo_exe) = peers(&["Xvnc", "xsetroot", "vncconfig"]) else {
@@ -106,16 +120,8 @@ async fn the_desktop_crosses_agent_channel_backend_and_proxy_pixel_for_pixel() {
 
     let direct = tcp_relay(xsock).await;
     let s = scratch.path();
-    vncdo(&vncdo_exe, direct, &["capture", arg(&s.join("direct.bmp"))])
-        .await
-        .unwrap();
-    vncdo(
-        &vncdo_exe,
-        viewer,
-        &["capture", arg(&s.join("proxied.bmp"))],
-    )
-    .await
-    .unwrap();
+    capture(&vncdo_exe, direct, &s.join("direct.bmp")).await;
+    capture(&vncdo_exe, viewer, &s.join("proxied.bmp")).await;
     let a = std::fs::read(s.join("direct.bmp")).unwrap();
     let b = std::fs::read(s.join("proxied.bmp")).unwrap();
     assert!(a.len() > 400 * 300 * 3, "a whole frame was captured");
@@ -125,27 +131,13 @@ async fn the_desktop_crosses_agent_channel_backend_and_proxy_pixel_for_pixel() {
     );
 
     // ctrl-alt-F1: the console, at the console's size.
-    vncdo(&vncdo_exe, viewer, &["key", "ctrl-alt-f1"])
-        .await
-        .unwrap();
-    chain.wait_view(id, "console").await.unwrap();
-    vncdo(
-        &vncdo_exe,
-        viewer,
-        &["capture", arg(&s.join("console.png"))],
-    )
-    .await
-    .unwrap();
+    switch(&chain, &vncdo_exe, viewer, id, "ctrl-alt-f1", "console").await;
+    capture(&vncdo_exe, viewer, &s.join("console.png")).await;
     assert_eq!(png_size(&s.join("console.png")).unwrap(), CONSOLE_SIZE);
 
     // ctrl-alt-F7: the desktop again, the same pixels.
-    vncdo(&vncdo_exe, viewer, &["key", "ctrl-alt-f7"])
-        .await
-        .unwrap();
-    chain.wait_view(id, "desktop").await.unwrap();
-    vncdo(&vncdo_exe, viewer, &["capture", arg(&s.join("again.bmp"))])
-        .await
-        .unwrap();
+    switch(&chain, &vncdo_exe, viewer, id, "ctrl-alt-f7", "desktop").await;
+    capture(&vncdo_exe, viewer, &s.join("again.bmp")).await;
     assert!(
         std::fs::read(s.join("again.bmp")).unwrap() == a,
         "the desktop after ctrl-alt-F7 differs from Xvnc's own"

@@ -2,12 +2,13 @@
 //! liveness scenario checks, kept here where it runs on every build.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use common::chan_pair;
 use xenvt::harness::SimHost;
 use xenvt::sim::control::{DomainRef, Reply, Request};
+
+mod common;
 
 fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_xenvt"))
@@ -25,41 +26,17 @@ const HUGE: &str = "1099511627776";
 async fn watch_domain_stops_the_connecting_end_when_the_domain_goes() {
     let host = SimHost::start(exe(), &[]).await.unwrap();
     let dom = host.create("doomed").await.unwrap();
-    let dom0 = host.dom0().await.unwrap();
-    let mut guest = host.xenvt_in(&dom);
-    guest
-        .args([
-            "chan", "serve", "--path", "data/w", "--peer", "0", "--order", "12",
-        ])
-        .args(["--send", HUGE, "--recv", "0"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    let mut guest = guest.spawn().unwrap();
-    let mut glines = BufReader::new(guest.stdout.take().unwrap()).lines();
-    assert_eq!(glines.next_line().await.unwrap().as_deref(), Some("ready"));
-
-    let path = format!("/local/domain/{}/data/w", dom.id);
-    let mut d0 = host.xenvt_in(&dom0);
-    d0.args([
-        "chan",
-        "connect",
-        "--path",
-        &path,
-        "--peer",
-        &dom.id.to_string(),
-    ])
-    .args(["--watch-domain", "--recv", HUGE, "--recv-seed", "1"])
-    .args(["--progress", "100000"])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
-    let mut d0 = d0.spawn().unwrap();
-    let mut dlines = BufReader::new(d0.stdout.take().unwrap()).lines();
-    assert_eq!(
-        dlines.next_line().await.unwrap().as_deref(),
-        Some("connected")
-    );
-    let p = dlines.next_line().await.unwrap().unwrap_or_default();
+    let d0_args = [
+        "--watch-domain",
+        "--recv",
+        HUGE,
+        "--recv-seed",
+        "1",
+        "--progress",
+        "100000",
+    ];
+    let mut ch = chan_pair(&host, &dom, "w", HUGE, &d0_args).await;
+    let p = ch.d0_lines.next_line().await.unwrap().unwrap_or_default();
     assert!(p.starts_with("progress "), "{p}");
 
     // Keep the guest's process: its live byte stays set, so only the watch can tell.
@@ -74,7 +51,7 @@ async fn watch_domain_stops_the_connecting_end_when_the_domain_goes() {
         .await
         .unwrap();
     assert!(matches!(reply, Reply::Ok), "{reply:?}");
-    let out = tokio::time::timeout(PROMPT, d0.wait_with_output())
+    let out = tokio::time::timeout(PROMPT, ch.d0.wait_with_output())
         .await
         .expect("dom0's end hung after its peer's domain went away")
         .unwrap();
@@ -84,8 +61,8 @@ async fn watch_domain_stops_the_connecting_end_when_the_domain_goes() {
         err.contains(&format!("domain {} went away after ", dom.id)),
         "{err}"
     );
-    guest.start_kill().unwrap();
-    let _ = guest.wait().await;
+    ch.guest.start_kill().unwrap();
+    let _ = ch.guest.wait().await;
     host.wait_clean(10_000).await.unwrap();
     host.stop().await.unwrap();
 }

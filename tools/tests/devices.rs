@@ -362,12 +362,50 @@ impl Drop for Reaped {
 
 const CHILD_ENV: &str = "XENVT_TEST_DEVICES_CHILD";
 
+/// Runs the ignored helper test `helper` of this binary in a child process
+/// with `spec` in [`CHILD_ENV`], and waits for its line `ready[ REST]`;
+/// returns the child and REST.
+fn helper_child(helper: &str, spec: String) -> (Reaped, String) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", helper, "--ignored", "--nocapture"])
+        .env(CHILD_ENV, spec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Reaped)
+        .unwrap();
+    let rest = BufReader::new(child.0.stdout.take().unwrap())
+        .lines()
+        .find_map(|l| {
+            let l = l.ok()?;
+            let l = l.trim();
+            if l == "ready" {
+                return Some(String::new());
+            }
+            l.strip_prefix("ready ").map(str::to_owned)
+        })
+        .expect("child did not get ready");
+    (child, rest)
+}
+
+/// The spec a helper child was given, or `None` when run as a plain test.
+fn child_spec() -> Option<String> {
+    std::env::var(CHILD_ENV).ok()
+}
+
+/// Where a helper child waits to be killed.
+fn wait_to_die() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
 /// Run in a child process by `unmap_notify_on_process_death`: binds to the
 /// given port, maps the given ref, arms unmap-notify, says "ready" and waits to die.
 #[test]
 #[ignore = "helper process for unmap_notify_on_process_death"]
 fn child_maps_and_waits() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
+    let Some(spec) = child_spec() else {
         return;
     };
     let mut it = spec.split(',');
@@ -379,9 +417,7 @@ fn child_maps_and_waits() {
     let m = dom0.map_pages(DOMU, &[gref], true).unwrap();
     m.set_unmap_notify(100, Some(ch.local_port())).unwrap();
     println!("ready");
-    loop {
-        std::thread::park();
-    }
+    wait_to_die()
 }
 
 #[test]
@@ -397,22 +433,7 @@ fn unmap_notify_on_process_death() {
         shared.grant_refs()[0],
         u.local_port()
     );
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_maps_and_waits",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(CHILD_ENV, spec)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Reaped)
-        .unwrap();
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-    let ready = lines.any(|l| l.map(|l| l.trim() == "ready").unwrap_or(false));
-    assert!(ready, "child did not get ready");
+    let (mut child, _) = helper_child("child_maps_and_waits", spec);
     assert!(host.dev.pids(DOM0).contains(&(child.0.id() as i32)));
     assert!(!u.clear().unwrap());
     assert_eq!(read_byte(&*shared, 100), 1);
@@ -433,7 +454,7 @@ fn unmap_notify_on_process_death() {
 #[test]
 #[ignore = "helper process for granter_death_ends_grants_and_notifies"]
 fn child_grants_and_waits() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
+    let Some(spec) = child_spec() else {
         return;
     };
     let (path, port) = spec.split_once(',').unwrap();
@@ -444,9 +465,7 @@ fn child_grants_and_waits() {
         .set_unmap_notify(8, Some(port.parse().unwrap()))
         .unwrap();
     println!("ready {}", shared.grant_refs()[0]);
-    loop {
-        std::thread::park();
-    }
+    wait_to_die()
 }
 
 #[test]
@@ -459,28 +478,8 @@ fn granter_death_ends_grants_and_notifies() {
     let domu = host.platform(DOMU);
     let u = domu.bind_interdomain(DOM0, z.local_port()).unwrap();
     let spec = format!("{},{}", host.path(DOMU).display(), u.local_port());
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_grants_and_waits",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(CHILD_ENV, spec)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Reaped)
-        .unwrap();
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-    let gref: u32 = lines
-        .find_map(|l| {
-            l.ok()
-                .and_then(|l| l.trim().strip_prefix("ready ").map(str::to_owned))
-        })
-        .expect("child did not get ready")
-        .parse()
-        .unwrap();
+    let (mut child, gref) = helper_child("child_grants_and_waits", spec);
+    let gref: u32 = gref.parse().unwrap();
     let mapped = dom0.map_pages(DOMU, &[gref], true).unwrap();
     assert_eq!(read_byte(&*mapped, 8), 1);
 

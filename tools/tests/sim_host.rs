@@ -6,10 +6,13 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use common::chan_pair;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 use xenvt::harness::SimHost;
-use xenvt::sim::control::{DomainRef, Reply, Request};
+use xenvt::sim::control::{DomainInfo, DomainRef, Reply, Request};
+
+mod common;
 
 fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_xenvt"))
@@ -27,6 +30,25 @@ async fn xenvt(dir: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .await
         .unwrap()
+}
+
+/// Starts `xenstore-watch PATH` in `dom` and waits for the event that fires
+/// at registration (so the watch, and the connection, exist); returns it and
+/// its further events.
+async fn xenstore_watch(dom: &DomainInfo, path: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut w = Command::new("xenstore-watch")
+        .arg(path)
+        .envs(xenvt::harness::env_for(dom))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(w.stdout.take().unwrap()).lines();
+    tokio::time::timeout(PROMPT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    (w, lines)
 }
 
 #[tokio::test]
@@ -67,33 +89,9 @@ async fn destroy_kills_the_domains_processes_and_fires_release_domain() {
     let dom0 = host.dom0().await.unwrap();
 
     // A guest process that holds a xenstore connection (so it is a member).
-    let mut guest = Command::new("xenstore-watch")
-        .arg("data")
-        .envs(xenvt::harness::env_for(&dom))
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut glines = BufReader::new(guest.stdout.take().unwrap()).lines();
-    // The first event fires at registration: the watch (and connection) exists.
-    tokio::time::timeout(PROMPT, glines.next_line())
-        .await
-        .unwrap()
-        .unwrap();
-
+    let (mut guest, _glines) = xenstore_watch(&dom, "data").await;
     // dom0 watches @releaseDomain.
-    let mut watcher = Command::new("xenstore-watch")
-        .arg("@releaseDomain")
-        .envs(xenvt::harness::env_for(&dom0))
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut wlines = BufReader::new(watcher.stdout.take().unwrap()).lines();
-    tokio::time::timeout(PROMPT, wlines.next_line())
-        .await
-        .unwrap()
-        .unwrap();
+    let (_watcher, mut wlines) = xenstore_watch(&dom0, "@releaseDomain").await;
 
     let reply = host
         .client()
@@ -216,39 +214,11 @@ async fn channel_between_domains_is_exact_and_leaves_nothing_behind() {
 async fn peer_death_mid_transfer_is_seen_promptly() {
     let host = SimHost::start(exe(), &[]).await.unwrap();
     let dom = host.create("victim").await.unwrap();
-    let dom0 = host.dom0().await.unwrap();
-    let mut guest = host.xenvt_in(&dom);
-    guest
-        .args([
-            "chan", "serve", "--path", "data/x", "--peer", "0", "--order", "12",
-        ])
-        .args(["--send", &(1u64 << 40).to_string(), "--recv", "0"])
-        .stdout(Stdio::piped());
-    let mut guest = guest.spawn().unwrap();
-    let mut glines = BufReader::new(guest.stdout.take().unwrap()).lines();
-    assert_eq!(glines.next_line().await.unwrap().as_deref(), Some("ready"));
-
-    let path = format!("/local/domain/{}/data/x", dom.id);
-    let mut d0 = host.xenvt_in(&dom0);
-    d0.args([
-        "chan",
-        "connect",
-        "--path",
-        &path,
-        "--peer",
-        &dom.id.to_string(),
-    ])
-    .args(["--recv", &(1u64 << 40).to_string(), "--recv-seed", "1"])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut d0 = d0.spawn().unwrap();
-    let mut dlines = BufReader::new(d0.stdout.take().unwrap()).lines();
-    assert_eq!(
-        dlines.next_line().await.unwrap().as_deref(),
-        Some("connected")
-    );
-    guest.start_kill().unwrap();
-    let out = tokio::time::timeout(PROMPT, d0.wait_with_output())
+    let huge = (1u64 << 40).to_string();
+    let recv = ["--recv", &huge, "--recv-seed", "1"];
+    let mut ch = chan_pair(&host, &dom, "x", &huge, &recv).await;
+    ch.guest.start_kill().unwrap();
+    let out = tokio::time::timeout(PROMPT, ch.d0.wait_with_output())
         .await
         .expect("dom0 end hung after its peer died")
         .unwrap();

@@ -174,6 +174,9 @@ fn backend_toml(rig: &Rig, extra: &str) -> String {
     )
 }
 
+/// An agent config with one listener, for service `vnc`.
+const VNC_LOOPBACK: &str = "[[listen]]\naddress = \"127.0.0.1:0\"\nservice = \"vnc\"\n";
+
 fn agent_toml(sink: SocketAddr) -> String {
     format!(
         "[[listen]]\naddress = \"127.0.0.1:0\"\nservice = \"vnc\"\n\
@@ -222,18 +225,29 @@ impl Setup {
     }
 
     async fn finish(mut self) -> anyhow::Result<()> {
-        let st = self.agent.term().await?;
-        ensure!(st.success(), "agent: {st:?}");
-        let st = self.backend.term().await?;
-        ensure!(st.success(), "backend: {st:?}");
+        term_all([("agent", &mut self.agent), ("backend", &mut self.backend)]).await?;
         ensure!(
             !self.rig.run_dir().join("vm1").exists(),
             "socket directory left behind"
         );
-        self.rig.host.wait_clean(10_000).await?;
-        self.rig.host.stop().await?;
-        Ok(())
+        host_clean(self.rig).await
     }
+}
+
+/// Stops each daemon with SIGTERM, in order; each must exit successfully.
+async fn term_all<const N: usize>(daemons: [(&str, &mut Daemon); N]) -> anyhow::Result<()> {
+    for (label, d) in daemons {
+        let st = d.term().await?;
+        ensure!(st.success(), "{label}: {st:?}");
+    }
+    Ok(())
+}
+
+/// Waits until the host holds nothing for any domain, then stops it.
+async fn host_clean(rig: Rig) -> anyhow::Result<()> {
+    rig.host.wait_clean(10_000).await?;
+    rig.host.stop().await?;
+    Ok(())
 }
 
 /// One guest->dom0 stream of `n` bytes through the agent's `vnc` listener,
@@ -357,50 +371,52 @@ async fn a_stalled_reader_does_not_hold_up_other_streams() -> anyhow::Result<()>
     s.finish().await
 }
 
+/// Writes `m`, then shuts the writing side down.
+async fn say<W: AsyncWrite + Unpin>(w: &mut W, m: &[u8]) -> anyhow::Result<()> {
+    w.write_all(m).await?;
+    w.shutdown().await?;
+    Ok(())
+}
+
+/// Reads to the end of stream, which must bring exactly `want`.
+async fn hear<R: AsyncRead + Unpin>(r: &mut R, want: &[u8]) -> anyhow::Result<()> {
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).await?;
+    ensure!(
+        got == want,
+        "heard {:?}, not {:?}",
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(want)
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn half_close_both_ways() -> anyhow::Result<()> {
     let mut s = Setup::new().await?;
     // guest -> dom0: the client stops sending, then still hears the reply.
     let mut c = TcpStream::connect(s.addrs[0]).await?;
-    c.write_all(b"question").await?;
-    c.shutdown().await?;
+    say(&mut c, b"question").await?;
     let (_, mut d) = s.svc.next().await?;
-    let mut got = Vec::new();
-    d.read_to_end(&mut got).await?;
-    assert_eq!(got, b"question");
-    d.write_all(b"answer after EOF").await?;
-    d.shutdown().await?;
-    let mut reply = Vec::new();
-    c.read_to_end(&mut reply).await?;
-    assert_eq!(reply, b"answer after EOF");
+    hear(&mut d, b"question").await?;
+    say(&mut d, b"answer after EOF").await?;
+    hear(&mut c, b"answer after EOF").await?;
 
     // dom0 -> guest: the same, the other way round.
     let mut u = UnixStream::connect(s.guest_socket("sink")).await?;
-    u.write_all(b"ping").await?;
-    u.shutdown().await?;
+    say(&mut u, b"ping").await?;
     let (mut g, _) = tokio::time::timeout(PROMPT, s.sink.accept()).await??;
-    let mut got = Vec::new();
-    g.read_to_end(&mut got).await?;
-    assert_eq!(got, b"ping");
-    g.write_all(b"pong").await?;
-    g.shutdown().await?;
-    let mut reply = Vec::new();
-    u.read_to_end(&mut reply).await?;
-    assert_eq!(reply, b"pong");
+    hear(&mut g, b"ping").await?;
+    say(&mut g, b"pong").await?;
+    hear(&mut u, b"pong").await?;
 
     // And the other order: the server side closes first.
     let mut c = TcpStream::connect(s.addrs[0]).await?;
     let (_, mut d) = s.svc.next().await?;
-    d.write_all(b"bye first").await?;
-    d.shutdown().await?;
-    let mut got = Vec::new();
-    c.read_to_end(&mut got).await?;
-    assert_eq!(got, b"bye first");
-    c.write_all(b"still heard").await?;
-    c.shutdown().await?;
-    let mut got = Vec::new();
-    d.read_to_end(&mut got).await?;
-    assert_eq!(got, b"still heard");
+    say(&mut d, b"bye first").await?;
+    hear(&mut c, b"bye first").await?;
+    say(&mut c, b"still heard").await?;
+    hear(&mut d, b"still heard").await?;
     s.finish().await
 }
 
@@ -470,37 +486,75 @@ async fn broken_promptly(
     closed_soon(&mut d).await
 }
 
-/// Waits until `d` holds `want` fds (a stream's socket is closed a moment
-/// after its end is seen on the far side); fails with the last count.
-async fn fds_settle(d: &Daemon, want: usize) -> anyhow::Result<()> {
+/// Waits (at most [`PROMPT`]) until `now` says the state settled (`None`),
+/// looking again every 20 ms; fails with what it said last. Used where the
+/// daemons announce no event: their fds and dom0's mappings are released a
+/// moment after the end a test waits on.
+async fn settles<F, Fut>(mut now: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<String>>>,
+{
     let deadline = Instant::now() + PROMPT;
     loop {
-        let n = d.fd_count()?;
-        if n == want {
+        let Some(why) = now().await? else {
             return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "{n} fds, want {want}");
+        };
+        ensure!(Instant::now() < deadline, "{why}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
-/// Waits until dom0 maps no page and holds no port (the mux reports its end a
-/// moment before its driver drops the channel).
+/// Waits until `d` holds `want` fds.
+async fn fds_settle(d: &Daemon, want: usize) -> anyhow::Result<()> {
+    settles(|| async move {
+        let n = d.fd_count()?;
+        Ok((n != want).then(|| format!("{n} fds, want {want}")))
+    })
+    .await
+}
+
+/// Waits until dom0 maps no page and holds no port.
 async fn dom0_holds_nothing(rig: &Rig) -> anyhow::Result<()> {
-    let deadline = Instant::now() + PROMPT;
-    loop {
+    settles(|| async move {
         let stats = rig.host.stats().await?;
         let dom0 = &stats["devices"]["domains"]["0"];
-        if dom0["pages_mapped"].as_u64() == Some(0) && dom0["ports"].as_u64() == Some(0) {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "dom0 still holds: {stats}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        let clean = dom0["pages_mapped"].as_u64() == Some(0) && dom0["ports"].as_u64() == Some(0);
+        Ok((!clean).then(|| format!("dom0 still holds: {stats}")))
+    })
+    .await
 }
 
-fn ms_between(a: Instant) -> u128 {
-    a.elapsed().as_millis()
+/// A transfer into vm1 whose guest side went away: the sender ends (however),
+/// the delivered stream is closed and vm1's socket directory is gone.
+async fn cut_off(
+    s: &Setup,
+    sender: tokio::task::JoinHandle<anyhow::Result<()>>,
+    mut d: UnixStream,
+) -> anyhow::Result<()> {
+    let _ = tokio::time::timeout(PROMPT, sender)
+        .await
+        .context("sender hung")?;
+    closed_soon(&mut d).await?;
+    ensure!(
+        !s.rig.run_dir().join("vm1").exists(),
+        "vm1's socket directory left behind"
+    );
+    Ok(())
+}
+
+/// Kills (-9) `victim` and returns how many ms passed until `observer` said
+/// `seen`. The goal is 1 s (typically a few ms); callers bound it at 5 s only
+/// to catch a hang on a loaded machine.
+async fn ms_to_notice(
+    victim: &mut Daemon,
+    observer: &mut Daemon,
+    seen: &str,
+) -> anyhow::Result<u128> {
+    let t = Instant::now();
+    victim.kill9().await?;
+    observer.wait_for(seen).await?;
+    Ok(t.elapsed().as_millis())
 }
 
 #[tokio::test]
@@ -508,13 +562,8 @@ async fn backend_killed_mid_transfer() -> anyhow::Result<()> {
     let mut s = Setup::new().await?;
     let agent_fds = s.agent.fd_count()?;
     let (sender, d) = endless_transfer(&mut s).await?;
-    let t = Instant::now();
-    s.backend.kill9().await?;
-    s.agent.wait_for("backend gone").await?;
-    let seen = ms_between(t);
+    let seen = ms_to_notice(&mut s.backend, &mut s.agent, "backend gone").await?;
     eprintln!("agent saw the backend die after {seen} ms");
-    // The goal is 1 s (typically a few ms); the bound only guards against a hang
-    // on a loaded machine.
     assert!(seen < 5000, "agent took {seen} ms to see the backend die");
     broken_promptly(sender, d).await?;
     // The dead backend's mappings and ports went with it.
@@ -536,19 +585,12 @@ async fn agent_killed_mid_transfer() -> anyhow::Result<()> {
     let mut s = Setup::new().await?;
     let backend_fds = s.backend.fd_count()?;
     let (sender, d) = endless_transfer(&mut s).await?;
-    let t = Instant::now();
-    s.agent.kill9().await?;
-    s.backend.wait_for("agent detached").await?;
-    let seen = ms_between(t);
+    let seen = ms_to_notice(&mut s.agent, &mut s.backend, "agent detached").await?;
     eprintln!("backend saw the agent die after {seen} ms");
     assert!(seen < 5000, "backend took {seen} ms to see the agent die");
     // The sender's TCP peer (the agent) is gone; the delivered stream ends.
-    let _ = tokio::time::timeout(PROMPT, sender)
-        .await
-        .context("sender hung")?;
-    closed_soon(&mut { d }).await?;
     // The guest's sockets are gone with it, and dom0 maps nothing.
-    assert!(!s.rig.run_dir().join("vm1").exists());
+    cut_off(&s, sender, d).await?;
     dom0_holds_nothing(&s.rig).await?;
     // A new agent is picked up and works.
     let toml = agent_toml(s.sink.local_addr()?);
@@ -581,22 +623,15 @@ async fn domain_destroyed_mid_transfer() -> anyhow::Result<()> {
         })
         .await?;
     s.backend.wait_for("guest gone").await?;
-    let _ = tokio::time::timeout(PROMPT, sender)
-        .await
-        .context("sender hung")?;
-    closed_soon(&mut { d }).await?;
-    assert!(!s.rig.run_dir().join("vm1").exists());
+    cut_off(&s, sender, d).await?;
     assert!(s.rig.run_dir().join("vm2").exists());
     // The other guest carries on.
     let o = guest_to_dom0(addrs2[0], &mut s.svc, 11, 8 << 20).await?;
     assert_eq!(o.domain, "vm2");
     assert_eq!(o.domid, vm2.id);
-    ensure!(agent2.term().await?.success());
-    ensure!(s.backend.term().await?.success());
+    term_all([("agent2", &mut agent2), ("backend", &mut s.backend)]).await?;
     ensure!(!s.rig.run_dir().join("vm2").exists());
-    s.rig.host.wait_clean(10_000).await?;
-    s.rig.host.stop().await?;
-    Ok(())
+    host_clean(s.rig).await
 }
 
 #[tokio::test]
@@ -613,9 +648,8 @@ async fn socket_permissions_private_unless_a_group_is_named() -> anyhow::Result<
         rig.backend_toml()
     );
     let mut backend = rig.backend(&toml).await?;
-    let loopback = "[[listen]]\naddress = \"127.0.0.1:0\"\nservice = \"vnc\"\n";
-    let (mut a1, _) = rig.agent(&vm1, loopback).await?;
-    let (mut a2, _) = rig.agent(&vm2, loopback).await?;
+    let (mut a1, _) = rig.agent(&vm1, VNC_LOOPBACK).await?;
+    let (mut a2, _) = rig.agent(&vm2, VNC_LOOPBACK).await?;
     backend.wait_for("listening for dom0").await?;
     backend.wait_for("listening for dom0").await?;
     let euid = nix::unistd::geteuid().as_raw();
@@ -629,12 +663,8 @@ async fn socket_permissions_private_unless_a_group_is_named() -> anyhow::Result<
     assert_eq!(m(d2.join("vnc.sock")).mode() & 0o7777, 0o660);
     assert_eq!(m(d2.clone()).gid(), gid.as_raw());
     assert_eq!(m(d2.join("vnc.sock")).gid(), gid.as_raw());
-    ensure!(a1.term().await?.success());
-    ensure!(a2.term().await?.success());
-    ensure!(backend.term().await?.success());
-    rig.host.wait_clean(10_000).await?;
-    rig.host.stop().await?;
-    Ok(())
+    term_all([("a1", &mut a1), ("a2", &mut a2), ("backend", &mut backend)]).await?;
+    host_clean(rig).await
 }
 
 #[tokio::test]
@@ -760,11 +790,8 @@ async fn the_hook_runs_whenever_a_backend_connects() -> anyhow::Result<()> {
     agent.wait_for("backend gone").await?;
     let mut backend = rig.backend(&rig.backend_toml()).await?;
     agent.wait_for("hook: connected-42").await?;
-    ensure!(agent.term().await?.success());
-    ensure!(backend.term().await?.success());
-    rig.host.wait_clean(10_000).await?;
-    rig.host.stop().await?;
-    Ok(())
+    term_all([("agent", &mut agent), ("backend", &mut backend)]).await?;
+    host_clean(rig).await
 }
 
 #[tokio::test]
@@ -772,9 +799,8 @@ async fn only_the_configured_domains_are_served() -> anyhow::Result<()> {
     let rig = Rig::new(exe()).await?;
     let vm1 = rig.host.create("vm1").await?;
     let vm2 = rig.host.create("vm2").await?;
-    let loopback = "[[listen]]\naddress = \"127.0.0.1:0\"\nservice = \"vnc\"\n";
-    let (mut a1, _) = rig.agent(&vm1, loopback).await?;
-    let (mut a2, _) = rig.agent(&vm2, loopback).await?;
+    let (mut a1, _) = rig.agent(&vm1, VNC_LOOPBACK).await?;
+    let (mut a2, _) = rig.agent(&vm2, VNC_LOOPBACK).await?;
     let toml = format!(
         "{}domains = [\"vm2\"]\n[services.vnc]\nlisten = true\n",
         rig.backend_toml()
@@ -790,12 +816,8 @@ async fn only_the_configured_domains_are_served() -> anyhow::Result<()> {
     );
     assert!(!rig.run_dir().join("vm1").exists());
     assert!(rig.run_dir().join("vm2").join("vnc.sock").exists());
-    ensure!(a1.term().await?.success());
-    ensure!(a2.term().await?.success());
-    ensure!(backend.term().await?.success());
-    rig.host.wait_clean(10_000).await?;
-    rig.host.stop().await?;
-    Ok(())
+    term_all([("a1", &mut a1), ("a2", &mut a2), ("backend", &mut backend)]).await?;
+    host_clean(rig).await
 }
 
 /// The benchmark itself runs and prints its ratios (figures are not checked:

@@ -74,7 +74,19 @@ struct Raw {
     events: Vec<(String, String)>,
 }
 
+/// Watch events as (path, token), from literals.
+fn events(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(p, t)| (p.to_string(), t.to_string()))
+        .collect()
+}
+
 impl Raw {
+    /// The watch events seen since the last call.
+    fn take_events(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.events)
+    }
+
     async fn connect(p: &Path) -> Self {
         Raw {
             s: UnixStream::connect(p).await.unwrap(),
@@ -362,13 +374,9 @@ async fn watches_and_domain_events() {
     g5.watch("@releaseDomain", "rel").await;
     g5.read(0, "name").await.unwrap();
     assert_eq!(
-        g5.events,
-        [
-            ("data".to_string(), "t".to_string()),
-            ("@releaseDomain".to_string(), "rel".to_string())
-        ]
+        g5.take_events(),
+        events(&[("data", "t"), ("@releaseDomain", "rel")])
     );
-    g5.events.clear();
 
     sim.tool_ok(0, "xenstore-write", &["/local/domain/5/data/a/b", "1"])
         .await;
@@ -376,13 +384,9 @@ async fn watches_and_domain_events() {
         .await;
     g5.read(0, "name").await.unwrap();
     assert_eq!(
-        g5.events,
-        [
-            ("data/a".to_string(), "t".to_string()),
-            ("data/a/b".to_string(), "t".to_string())
-        ]
+        g5.take_events(),
+        events(&[("data/a", "t"), ("data/a/b", "t")])
     );
-    g5.events.clear();
 
     // RM: a watch on a removed descendant fires with its own path; watches
     // at or above the removed node fire once with the removed node's path.
@@ -390,9 +394,10 @@ async fn watches_and_domain_events() {
     sim.tool_ok(0, "xenstore-rm", &["/local/domain/5/data/a"])
         .await;
     g5.read(0, "name").await.unwrap();
-    let got: Vec<(String, String)> = g5.events.drain(..).collect();
-    let want = [("data/a/b", "deep"), ("data/a/b", "deep"), ("data/a", "t")];
-    assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
+    assert_eq!(
+        g5.take_events(),
+        events(&[("data/a/b", "deep"), ("data/a/b", "deep"), ("data/a", "t")])
+    );
 
     // Duplicate watch and unknown unwatch.
     assert_eq!(g5.err(MsgType::Watch, 0, b"data\0t\0").await, "EEXIST");
