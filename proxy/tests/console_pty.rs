@@ -15,9 +15,15 @@ use xenvt_proxy::rfb::Framebuffer;
 
 /// A pty pair: the "guest" end (the master, which xenconsoled holds on Xen) and the path of
 /// the slave the proxy opens.
+/// A pty in raw mode from the start, as xenconsoled makes it. In the default cooked mode
+/// the line discipline edits what the writer sends before the reader has opened it (a
+/// random ^C flushes the queue, a long line is cut), so bytes go missing.
 fn pty() -> (std::fs::File, PathBuf, OwnedFd) {
     let p = openpty(None, None).expect("openpty");
     let path = nix::unistd::ttyname(&p.slave).expect("ttyname");
+    let mut t = nix::sys::termios::tcgetattr(&p.slave).unwrap();
+    nix::sys::termios::cfmakeraw(&mut t);
+    nix::sys::termios::tcsetattr(&p.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
     (std::fs::File::from(p.master), path, p.slave)
 }
 
