@@ -43,6 +43,10 @@ use crate::sim::control::DomainInfo;
 
 /// Upper bound for things that should happen at once; only a failure waits this long.
 const PATIENCE: Duration = Duration::from_secs(30);
+/// How long desktops may take to come back after a proxy restart: the agents' redial
+/// pauses double from 1 s while the proxy is down (1 + 2 + 4 + 8 + 16 + 32 s covers a
+/// proxy that takes half a minute to return), then the reconnect itself.
+const REDIAL_PATIENCE: Duration = Duration::from_secs(90);
 /// A transfer that takes longer than this has hung.
 const TRANSFER_LIMIT: Duration = Duration::from_secs(120);
 
@@ -98,6 +102,8 @@ struct Counters {
     agent_kills: AtomicU64,
     backend_kills: AtomicU64,
     proxy_kills: AtomicU64,
+    /// The longest wait, in ms, for every desktop to redial after a proxy restart.
+    redial_ms_max: AtomicU64,
     desktop_restarts: AtomicU64,
 }
 
@@ -356,14 +362,32 @@ impl Soak {
         }
         self.restart_proxy().await?;
         add(&self.c.proxy_kills, 1);
-        // The desktops' reverse connections ended with the proxy; nothing in the
-        // chain redials them (the agent's hook runs when a backend attaches), so
-        // an operator would, as here.
-        for d in &self.doms {
-            let d = d.lock().await;
-            self.connect_desktop(&d.info, d.display, d.vnc_port).await?;
+        // The desktops' reverse connections ended with the proxy. Dom0 ended those
+        // streams, so each agent's hook redials its desktop by itself: nobody here
+        // runs vncconfig. Every desktop must come back within the redial backoff.
+        let ctl = self.rig.path("proxy.ctl");
+        let t0 = Instant::now();
+        let deadline = t0 + REDIAL_PATIENCE;
+        loop {
+            let back = match crate::status::proxy_domains(&ctl).await {
+                Ok(list) => {
+                    let up = list.iter().filter(|d| d.desktop == "connected").count();
+                    if up == self.doms.len() {
+                        let ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+                        self.c.redial_ms_max.fetch_max(ms, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    format!("{up} of {} desktops back", self.doms.len())
+                }
+                Err(e) => e,
+            };
+            ensure!(
+                Instant::now() < deadline,
+                "the desktops did not redial after the proxy restart: {back}"
+            );
+            // The proxy has no event for "a desktop connected"; its status is polled.
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Ok(())
     }
 
     async fn restart_desktop(&self, i: usize) -> anyhow::Result<()> {
@@ -813,6 +837,10 @@ fn print_table(soak: &Soak, seed: u64, n_dom: u16, churn: f64, fd_leak: usize, h
         ("faults: agent kill -9 + restart", n(&c.agent_kills)),
         ("faults: backend kill -9 + restart", n(&c.backend_kills)),
         ("faults: proxy kill -9 + restart", n(&c.proxy_kills)),
+        (
+            "desktops redialled by the agents after a proxy restart, slowest (s)",
+            format!("{:.1}", get(&c.redial_ms_max) as f64 / 1000.0),
+        ),
         ("faults: desktop restarts", n(&c.desktop_restarts)),
         (
             "transfers cut by a fault on their path",

@@ -89,6 +89,11 @@ async fn ask<T: serde::de::DeserializeOwned + Default>(sock: &Path) -> Reply<T> 
     Ok(a.domains)
 }
 
+/// The proxy's domains, from its control socket.
+pub async fn proxy_domains(sock: &Path) -> Reply<ProxyDomain> {
+    ask(sock).await
+}
+
 /// Bytes for people: B, KiB, MiB, GiB.
 fn human(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
