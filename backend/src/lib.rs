@@ -108,12 +108,19 @@ struct Dirty {
 struct DirtyState {
     ids: BTreeSet<u16>,
     rescan: bool,
+    /// The watch lost events (our xenstore client then yields the watch's own path):
+    /// any guest's nodes may have changed unseen, so everything is looked at again.
+    relist: bool,
     ended: Option<String>,
 }
 
 impl Dirty {
     fn lock(&self) -> std::sync::MutexGuard<'_, DirtyState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_relist(&self) -> bool {
+        std::mem::take(&mut self.lock().relist)
     }
 
     fn take(&self) -> (BTreeSet<u16>, bool, Option<String>) {
@@ -153,7 +160,12 @@ async fn forward(
                         g.ids.insert(id);
                     }
                 }
-                None => g.rescan = true,
+                None => {
+                    g.rescan = true;
+                    // Our client yields the watch's own path when it dropped events;
+                    // xenstored also fires it once at registration.
+                    g.relist |= ev == path && path.starts_with("/local/domain");
+                }
             }
         }
         dirty.notify.notify_one();
@@ -235,9 +247,13 @@ impl<X: Xenstore + Clone> Backend<X> {
                     }
                 }
                 () = dirty.notify.notified() => {
+                    let relist = dirty.take_relist();
                     let (ids, rescan, ended) = dirty.take();
                     if let Some(p) = ended {
                         break Err(Error::WatchEnded(p));
+                    }
+                    if relist {
+                        self.relist();
                     }
                     if let Err(e) = self.look_again(ids, rescan).await {
                         break Err(e);
@@ -260,6 +276,22 @@ impl<X: Xenstore + Clone> Backend<X> {
             self.touched(id).await?;
         }
         Ok(())
+    }
+
+    /// After lost watch events: every served guest looks at its nodes again, and
+    /// domains skipped for their name are considered again (the name may have changed).
+    fn relist(&mut self) {
+        // Registration fires the same event, before any guest is served.
+        if !self.guests.is_empty() {
+            info!(
+                guests = self.guests.len(),
+                "xenstore watch events were lost: looking at every domain again"
+            );
+        }
+        for e in self.guests.values() {
+            e.kick.notify_one();
+        }
+        self.ignored.clear();
     }
 
     /// Something changed for domain `id`: its agent's nodes, or its name.
@@ -419,8 +451,10 @@ mod tests {
             dirty.clone(),
             "data/xenvt".into(),
         ));
-        // The registration event asks for a full scan.
+        // The registration event (the watch's own path, which our client also yields
+        // after losing events) asks for a full scan and a look at every guest.
         dirty.notify.notified().await;
+        assert!(dirty.take_relist());
         assert_eq!(dirty.take(), (BTreeSet::new(), true, None));
         // A guest hammering its own nodes outside the agent's path is ignored;
         // writes to the agent's path mark that domain, however many there are.
@@ -445,6 +479,10 @@ mod tests {
         let (ids, rescan, ended) = dirty.take();
         assert_eq!(ids, BTreeSet::from([4, 5]));
         assert!(rescan, "a domain's home changed");
+        assert!(
+            !dirty.take_relist(),
+            "changes below the root are not a loss"
+        );
         assert_eq!(ended, None);
         f.abort();
     }
