@@ -3,9 +3,10 @@
 //! carry the guest's domain in their span, and the control socket reports the
 //! attached guest in `/status` and `/metrics`.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod common;
+
+use common::{Captured, LIMIT};
+use std::sync::Arc;
 
 use tokio::net::{UnixListener, UnixStream};
 use xenvt_backend::xs::Xs;
@@ -16,41 +17,12 @@ use xenvt_ring::platform::heap::HeapHost;
 use xenvt_ring::xenstore::{MemStore, Xenstore};
 use xenvt_ring::{Channel, ChannelConfig};
 
-/// Upper bound on the test: a hang fails instead of blocking CI.
-const LIMIT: Duration = Duration::from_secs(60);
-
-/// Log output collected in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 // A current-thread runtime: every task runs on this thread, under the
 // thread-local subscriber set below.
 #[tokio::test]
 async fn stream_logs_carry_the_domain_and_status_reports_it() {
     let logs = Captured::default();
-    let w = logs.clone();
-    let sub = tracing_subscriber::fmt()
-        .with_env_filter("debug")
-        .with_ansi(false)
-        .with_writer(move || w.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    let _guard = logs.capture("debug");
     tokio::time::timeout(LIMIT, scenario(&logs)).await.unwrap();
 }
 

@@ -1,32 +1,17 @@
 //! A backend killed with -9 leaves its guests' socket directories behind; the
 //! next one removes those nobody serves at start-up, and nothing else.
 
-use std::io::Write;
+mod common;
+
+use common::{Captured, LIMIT};
 use std::os::unix::net::UnixListener;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 use xenvt_ring::config::Load;
 
 use xenvt_backend::xs::Xs;
 use xenvt_backend::{Backend, Config};
 use xenvt_ring::platform::heap::HeapHost;
 use xenvt_ring::xenstore::{MemStore, Xenstore};
-
-/// Upper bound on the test: a hang fails instead of blocking CI.
-const LIMIT: Duration = Duration::from_secs(60);
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// A socket file whose listener is gone, as after kill -9.
 fn dead_socket(p: &std::path::Path) {
@@ -39,13 +24,7 @@ fn dead_socket(p: &std::path::Path) {
 #[tokio::test]
 async fn start_up_removes_only_dead_guest_directories() {
     let logs = Captured::default();
-    let w = logs.clone();
-    let sub = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_ansi(false)
-        .with_writer(move || w.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    let _guard = logs.capture("info");
 
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
@@ -94,7 +73,7 @@ async fn start_up_removes_only_dead_guest_directories() {
     assert!(run.join("link").symlink_metadata().is_ok());
     assert!(dir.path().join("elsewhere/vnc.sock").exists());
     assert!(run.join("other.txt").exists());
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     let line = text
         .lines()
         .find(|l| l.contains("removed stale socket directories"))
