@@ -107,10 +107,7 @@ impl DomainStats {
 
     /// Wraps an upstream's read half so its bytes are counted here.
     pub fn count_upstream<R>(&self, r: R) -> Counting<R> {
-        Counting {
-            inner: r,
-            n: self.upstream_bytes.clone(),
-        }
+        Counting::new(r, self.upstream_bytes.clone())
     }
 }
 
@@ -119,6 +116,13 @@ impl DomainStats {
 pub struct Counting<R> {
     inner: R,
     n: Arc<AtomicU64>,
+}
+
+impl<R> Counting<R> {
+    /// Reads from `inner`, adding what it reads to `n`.
+    pub fn new(inner: R, n: Arc<AtomicU64>) -> Self {
+        Counting { inner, n }
+    }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {

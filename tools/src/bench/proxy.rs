@@ -14,15 +14,14 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use xenvt_proxy::metrics::Counting;
 use xenvt_proxy::rfb::decode::{ClientDecoder, DecoderLimits, ServerEvent};
 use xenvt_proxy::rfb::encode::bench_frame;
 use xenvt_proxy::rfb::encoding;
@@ -80,26 +79,6 @@ impl Drop for Guard {
     }
 }
 
-/// Counts the bytes read through it.
-struct Counting<S> {
-    inner: S,
-    n: Arc<AtomicU64>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let got = buf.filled().len() - before;
-        self.n.fetch_add(got as u64, Ordering::Relaxed);
-        r
-    }
-}
-
 /// CPU seconds (user + system) a process has used.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -139,13 +118,7 @@ where
     let mut dec = ClientDecoder::new(pf, init.width, init.height, DecoderLimits::default())?;
     let (rd, mut wr) = tokio::io::split(s);
     let n = Arc::new(AtomicU64::new(0));
-    let mut rd = RfbReader::new(
-        Counting {
-            inner: rd,
-            n: n.clone(),
-        },
-        80 << 20,
-    );
+    let mut rd = RfbReader::new(Counting::new(rd, n.clone()), 80 << 20);
     let mut encs = list.to_vec();
     encs.extend_from_slice(&[encoding::DESKTOP_SIZE, encoding::LAST_RECT]);
     let mut m = Vec::new();
